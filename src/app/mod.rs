@@ -1,0 +1,381 @@
+//! The demo web app that the `clusterd` binary serves: health, login, a protected route,
+//! logout. Routes and users only, no process logic; runs in workers (state built after fork).
+//!
+//! | route          | answer                                                                  |
+//! |----------------|-------------------------------------------------------------------------|
+//! | `GET /healthz` | 200 `{"status":"ok"|"degraded","worker_pid","worker_id","store":{..}}`  |
+//! | `POST /login`  | JSON or form `username`, `password`: 200, 400, 401, 413, 415, 429, 503   |
+//! | `GET /me`      | 200 `{"user","worker_pid","worker_id"}`, 401 when anonymous, 503          |
+//! | `POST /logout` | 200; the session is deleted from the store                              |
+//! | anything else  | 404 / 405 JSON                                                          |
+
+pub mod error;
+pub mod users;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_session::config::{PersistentSession, TtlExtensionPolicy};
+use actix_session::{Session, SessionMiddleware};
+use actix_web::body::MessageBody;
+use actix_web::cookie::{Key, SameSite};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::config::SessionConfig;
+use crate::session::Store;
+use crate::session::redis::RedisStore;
+use crate::session::sqlite::SqliteStore;
+use crate::worker::{BootError, WorkerApp, WorkerInfo};
+use error::AppError;
+use users::Users;
+
+/// Largest accepted login body.
+pub const MAX_BODY: usize = 4096;
+/// Longest user name accepted.
+pub const MAX_USERNAME: usize = 64;
+/// Longest password accepted (argon2 would take anything; a megabyte is no password).
+pub const MAX_PASSWORD: usize = 1024;
+/// Failed logins for one user name before 429.
+pub const USER_FAILURE_LIMIT: u64 = 5;
+/// Failed logins from one client address before 429.
+pub const ADDR_FAILURE_LIMIT: u64 = 20;
+/// Window in which failures are counted, from the first failure.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// How often each worker checks that the store answers, for `/healthz`.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The demo app: everything the master prepared (config, key, users).
+pub struct DemoApp {
+    /// Session settings.
+    pub session: SessionConfig,
+    /// The cookie key, loaded once by the master.
+    pub key: Key,
+    /// Users and their hashes.
+    pub users: Arc<Users>,
+}
+
+/// Per-worker state, cloned into each server thread.
+#[derive(Clone)]
+pub struct DemoState {
+    store: Store,
+    worker: WorkerInfo,
+    users: Arc<Users>,
+    key: Key,
+    session: Arc<SessionConfig>,
+    store_up: Arc<AtomicBool>,
+}
+
+impl WorkerApp for DemoApp {
+    type State = DemoState;
+
+    async fn init(&self, worker: &WorkerInfo) -> Result<DemoState, BootError> {
+        let store = match &self.session.redis_url {
+            Some(url) => Store::Redis(RedisStore::new(url, &self.session.prefix).map_err(|e| {
+                BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url)))
+            })?),
+            None => {
+                let s = SqliteStore::open(&self.session.data_dir).map_err(|e| {
+                    BootError::Config(format!(
+                        "opening the embedded store in {}: {e}",
+                        self.session.data_dir.display()
+                    ))
+                })?;
+                s.spawn_purger();
+                Store::Sqlite(s)
+            }
+        };
+        // A worker starts even when Redis is down (degraded); requests that need a session get
+        // 503 until it answers. The probe keeps /healthz current.
+        let store_up = Arc::new(AtomicBool::new(store.ping().await.is_ok()));
+        if !store_up.load(Ordering::Relaxed) {
+            tracing::warn!(
+                store = store.kind(),
+                "session store not reachable at boot; serving degraded"
+            );
+        }
+        spawn_probe(store.clone(), Arc::clone(&store_up));
+        Ok(DemoState {
+            store,
+            worker: worker.clone(),
+            users: Arc::clone(&self.users),
+            key: self.key.clone(),
+            session: Arc::new(self.session.clone()),
+            store_up,
+        })
+    }
+
+    fn configure(state: &DemoState, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(web::Data::new(state.clone()))
+            .route("/healthz", web::get().to(healthz))
+            .service(with_session(
+                state,
+                web::resource("/login").route(web::post().to(login)),
+            ))
+            .service(with_session(
+                state,
+                web::resource("/me").route(web::get().to(me)),
+            ))
+            .service(with_session(
+                state,
+                web::resource("/logout").route(web::post().to(logout)),
+            ));
+        #[cfg(debug_assertions)]
+        cfg.route("/debug/sleep/{ms}", web::get().to(debug_sleep));
+        cfg.default_service(web::to(|| async {
+            Err::<HttpResponse, _>(AppError::NotFound)
+        }));
+    }
+}
+
+fn spawn_probe(store: Store, up: Arc<AtomicBool>) {
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        loop {
+            tick.tick().await;
+            up.store(store.ping().await.is_ok(), Ordering::Relaxed);
+        }
+    });
+}
+
+/// Wraps a resource in the session middleware (only routes that use sessions: `/healthz` keeps
+/// working when the store is down) and turns the middleware's store failures into 503.
+fn with_session<T, B>(
+    state: &DemoState,
+    resource: actix_web::Resource<T>,
+) -> impl actix_web::dev::HttpServiceFactory + use<T, B>
+where
+    T: actix_web::dev::ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    let s = &state.session;
+    let lifecycle = PersistentSession::default()
+        .session_ttl(actix_web::cookie::time::Duration::seconds(
+            s.idle_timeout.as_secs() as i64,
+        ))
+        .session_ttl_extension_policy(TtlExtensionPolicy::OnEveryRequest);
+    let middleware = SessionMiddleware::builder(state.store.clone(), state.key.clone())
+        .cookie_name(s.cookie_name.clone())
+        .cookie_secure(s.cookie_secure)
+        .cookie_http_only(true)
+        .cookie_same_site(SameSite::Lax)
+        .session_lifecycle(lifecycle)
+        .build();
+    resource
+        .wrap(middleware)
+        .wrap(from_fn(store_errors_as_503))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(AppError::MethodNotAllowed)
+        }))
+}
+
+/// actix-session answers an empty 500 when its store fails (load, save, renew, delete). Behind
+/// these routes the store is the only thing that can fail that way, and the client should retry,
+/// not report a bug: answer 503 JSON.
+async fn store_errors_as_503(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    match next.call(req).await {
+        Err(e) if e.as_response_error().status_code() == StatusCode::INTERNAL_SERVER_ERROR => {
+            tracing::warn!(error = %e, "session store failed during the request");
+            Err(AppError::StoreUnavailable.into())
+        }
+        other => other,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn healthz(state: web::Data<DemoState>) -> HttpResponse {
+    let up = state.store_up.load(Ordering::Relaxed);
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": if up { "ok" } else { "degraded" },
+        "worker_pid": state.worker.pid,
+        "worker_id": state.worker.id,
+        "store": { "kind": state.store.kind(), "status": if up { "up" } else { "down" } },
+    }))
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// Reads the body up to [`MAX_BODY`] and decodes JSON or a form.
+async fn read_credentials(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<Credentials, AppError> {
+    let mime = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = match mime.as_str() {
+        "application/json" => true,
+        "application/x-www-form-urlencoded" => false,
+        _ => return Err(AppError::UnsupportedMediaType),
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(AppError::PayloadTooLarge(MAX_BODY));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| AppError::BadRequest(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(AppError::PayloadTooLarge(MAX_BODY));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let creds: Credentials = if json {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::BadRequest(format!("invalid JSON: {e}")))?
+    } else {
+        serde_urlencoded::from_bytes(&body)
+            .map_err(|e| AppError::BadRequest(format!("invalid form: {e}")))?
+    };
+    if creds.username.is_empty()
+        || creds.username.len() > MAX_USERNAME
+        || creds.username.chars().any(char::is_control)
+    {
+        return Err(AppError::BadRequest(format!(
+            "username must be 1 to {MAX_USERNAME} bytes without control characters"
+        )));
+    }
+    if creds.password.is_empty() || creds.password.len() > MAX_PASSWORD {
+        return Err(AppError::BadRequest(format!(
+            "password must be 1 to {MAX_PASSWORD} bytes"
+        )));
+    }
+    Ok(creds)
+}
+
+fn retry_after(c: crate::session::Counter) -> AppError {
+    AppError::TooManyRequests {
+        retry_after: c.resets_in.as_secs_f64().ceil().max(1.0) as u64,
+    }
+}
+
+async fn login(
+    req: HttpRequest,
+    payload: web::Payload,
+    session: Session,
+    state: web::Data<DemoState>,
+) -> Result<HttpResponse, AppError> {
+    let creds = read_credentials(&req, payload).await?;
+    let user_key = format!("user:{}", creds.username);
+    let addr_key = format!(
+        "addr:{}",
+        req.peer_addr()
+            .map_or_else(|| "unknown".into(), |a| a.ip().to_string())
+    );
+    // Both counters live in the shared store, so every worker (and host) sees the same counts.
+    let (by_user, by_addr) = (
+        state.store.counter(&user_key).await?,
+        state.store.counter(&addr_key).await?,
+    );
+    if by_user.count >= USER_FAILURE_LIMIT {
+        return Err(retry_after(by_user));
+    }
+    if by_addr.count >= ADDR_FAILURE_LIMIT {
+        return Err(retry_after(by_addr));
+    }
+    let users = Arc::clone(&state.users);
+    let name = creds.username.clone();
+    // argon2 costs milliseconds of CPU: keep it off the thread that serves other requests.
+    let ok = web::block(move || users.verify(&name, &creds.password))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        let u = state
+            .store
+            .record_failure(&user_key, FAILURE_WINDOW)
+            .await?;
+        state
+            .store
+            .record_failure(&addr_key, FAILURE_WINDOW)
+            .await?;
+        tracing::info!(user = %creds.username, failures = u.count, "failed login");
+        return Err(AppError::Unauthorized("invalid username or password"));
+    }
+    state.store.clear_counter(&user_key).await?;
+    // A new id at login: a session id planted before login is worthless after it.
+    session.renew();
+    session
+        .insert("user", &creds.username)
+        .and_then(|()| session.insert("login_at", unix_now()))
+        .map_err(|e| AppError::BadRequest(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "user": creds.username,
+        "worker_pid": state.worker.pid,
+        "worker_id": state.worker.id,
+    })))
+}
+
+async fn me(session: Session, state: web::Data<DemoState>) -> Result<HttpResponse, AppError> {
+    let user = session.get::<String>("user").ok().flatten();
+    let login_at = session.get::<u64>("login_at").ok().flatten();
+    let (Some(user), Some(login_at)) = (user, login_at) else {
+        return Err(AppError::Unauthorized("not logged in"));
+    };
+    if unix_now().saturating_sub(login_at) >= state.session.max_lifetime.as_secs() {
+        session.purge();
+        return Err(AppError::Unauthorized("session expired; log in again"));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "user": user,
+        "worker_pid": state.worker.pid,
+        "worker_id": state.worker.id,
+    })))
+}
+
+async fn logout(session: Session) -> HttpResponse {
+    // purge deletes the record in the store and expires the cookie.
+    session.purge();
+    HttpResponse::Ok().json(serde_json::json!({ "status": "logged out" }))
+}
+
+/// Debug builds only: a request that takes `ms` milliseconds (at most 10 s), so tests can have
+/// a request in flight during a stop or a reload.
+#[cfg(debug_assertions)]
+async fn debug_sleep(
+    path: web::Path<String>,
+    state: web::Data<DemoState>,
+) -> Result<HttpResponse, AppError> {
+    let ms: u64 = path
+        .parse()
+        .map_err(|_| AppError::BadRequest("milliseconds expected".into()))?;
+    // Tests wait for this line to know the request is in flight.
+    tracing::info!(ms, "debug sleep started");
+    tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({ "slept_ms": ms.min(10_000), "worker_pid": state.worker.pid })))
+}

@@ -1,0 +1,80 @@
+//! Logging setup shared by master and workers: tracing to stderr, one whole line per event,
+//! each tagged with the process's role (`master`, `worker 3`).
+//!
+//! tracing-subscriber formats an event into a buffer and hands it to stderr in one `write(2)`,
+//! and a write of up to `PIPE_BUF` bytes to a pipe (the journal's, a terminal's, a test's) is
+//! atomic, so lines from different processes never interleave mid-line.
+
+use std::fmt;
+use std::sync::RwLock;
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The role printed on every line; a worker changes it right after `fork`.
+static ROLE: RwLock<String> = RwLock::new(String::new());
+
+/// Default filter: our lifecycle at info, actix's own chatter (one line per thread started or
+/// stopped, one per empty session) only when it is a warning. `CLUSTERD_LOG` overrides it with
+/// the same syntax (`info,actix_server=info`).
+const DEFAULT_FILTER: &str = "info,actix_server=warn,actix_session=warn";
+
+/// Sets the role tag of this process's lines.
+pub fn set_role(role: impl Into<String>) {
+    if let Ok(mut r) = ROLE.write() {
+        *r = role.into();
+    }
+}
+
+/// Installs the subscriber. Under systemd (`JOURNAL_STREAM` set) lines carry no timestamp, since
+/// the journal adds its own.
+pub fn init() {
+    set_role("master");
+    let filter: Targets = std::env::var("CLUSTERD_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| DEFAULT_FILTER.parse().expect("default filter parses"));
+    let format = Line {
+        timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(format)
+                .with_writer(std::io::stderr),
+        )
+        .with(filter)
+        .try_init();
+}
+
+struct Line {
+    timestamps: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Line
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if self.timestamps {
+            SystemTime.format_time(&mut writer)?;
+            writer.write_char(' ')?;
+        }
+        let role = ROLE.read().map(|r| r.clone()).unwrap_or_default();
+        write!(writer, "{:>5} [{role}] ", event.metadata().level())?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}

@@ -1,0 +1,169 @@
+//! The `clusterd` binary: parse the command line, prepare what the workers share (config,
+//! socket, cookie key, users), run the master with the demo app, map errors to exit codes.
+//! Runs in the master; the workers are forks of this process and never return here.
+//!
+//! Exit codes: 0 stopped on request, 1 runtime failure (e.g. the port is taken), 2 invalid
+//! configuration or command line, 4 a worker rejected the configuration.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use clusterd::app::DemoApp;
+use clusterd::app::users::{self, Users};
+use clusterd::config::{Cli, Command, Config};
+use clusterd::master::{self, Master, Reloaded};
+use clusterd::session::key::{self, KeyOrigin};
+use clusterd::session::redis::RedisStore;
+use clusterd::{privileges, socket};
+
+/// Exit code for configuration errors, the same clap uses for a bad flag.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return hash_password();
+    }
+    clusterd::log::init();
+    let state_directory = std::env::var_os("STATE_DIRECTORY").map(std::path::PathBuf::from);
+    let config = match Config::load(&cli.args, state_directory.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clusterd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run(cli, config, state_directory) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            tracing::error!("{error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
+    move |error| Failure { code, error }
+}
+
+fn run(
+    cli: Cli,
+    config: Config,
+    state_directory: Option<std::path::PathBuf>,
+) -> Result<(), Failure> {
+    let cluster = config.cluster.clone();
+    let session = config.session.clone();
+    let credentials = privileges::resolve(cluster.user.as_deref(), cluster.group.as_deref())
+        .context("resolving --user/--group")
+        .map_err(fail(EXIT_CONFIG))?;
+
+    // Everything the workers share is prepared here, once, before the first fork.
+    key::prepare_data_dir(&session.data_dir, credentials, session.redis_url.is_none())
+        .context("preparing the data dir")
+        .map_err(fail(EXIT_CONFIG))?;
+    let (cookie_key, origin) = key::load(session.key_file.as_deref(), &session.data_dir)
+        .context("loading the cookie key")
+        .map_err(fail(EXIT_CONFIG))?;
+    match &origin {
+        KeyOrigin::Configured(p) => tracing::info!(path = %p.display(), "cookie key loaded"),
+        KeyOrigin::Kept(p) | KeyOrigin::Generated(p) => tracing::warn!(
+            path = %p.display(),
+            generated_now = matches!(origin, KeyOrigin::Generated(_)),
+            "using a generated cookie key; hosts that share sessions must share one key: copy it and pass --session-key-file"
+        ),
+    }
+    let users = Users::load(session.users_file.as_deref())
+        .context("loading users")
+        .map_err(fail(EXIT_CONFIG))?;
+    if users.is_demo() {
+        tracing::warn!(
+            "no --users file: the demo user alice / wonderland can log in; do not run like this in production"
+        );
+    }
+    let store_line = match &session.redis_url {
+        Some(url) => format!(
+            "redis {} (prefix {})",
+            RedisStore::describe(url),
+            session.prefix
+        ),
+        None => format!("embedded sqlite in {}", session.data_dir.display()),
+    };
+    tracing::info!(store = %store_line, "session store");
+
+    let listener = match socket::from_systemd()
+        .context("adopting the systemd socket")
+        .map_err(fail(1))?
+    {
+        Some(l) => {
+            tracing::info!(addr = ?l.local_addr().ok(), "using the socket passed by systemd");
+            l
+        }
+        None => socket::bind(cluster.bind, cluster.backlog)
+            .context("opening the listening socket")
+            .map_err(fail(1))?,
+    };
+
+    let app = DemoApp {
+        session,
+        key: cookie_key,
+        users: Arc::new(users),
+    };
+    let args = cli.args;
+    let running = config.clone();
+    let reload = Box::new(move || -> Result<Reloaded, String> {
+        let new = Config::load(&args, state_directory.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Reloaded {
+            needs_restart: running.needs_restart(&new),
+            cluster: new.cluster,
+        })
+    });
+    let store_kind = if config.session.redis_url.is_some() {
+        "store redis"
+    } else {
+        "store sqlite"
+    };
+    Master::new(app, cluster, listener)
+        .context("starting the master")
+        .map_err(fail(1))?
+        .with_reload(reload)
+        .with_credentials(credentials)
+        .with_status(Box::new(move || store_kind.to_string()))
+        .run()
+        .map_err(|e| Failure {
+            code: master::exit_code_for(&e) as u8,
+            error: e.into(),
+        })
+}
+
+fn hash_password() -> ExitCode {
+    let mut password = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut password) {
+        eprintln!("clusterd: reading the password from stdin: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    // One trailing newline is the terminal's, not the password's.
+    let password = password.strip_suffix('\n').unwrap_or(&password);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("clusterd: empty password on stdin");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match users::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("clusterd: hashing: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

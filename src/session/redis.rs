@@ -1,0 +1,300 @@
+//! The Redis session store. Built in the worker after `fork`; runs in the worker.
+//!
+//! One multiplexed connection per worker process, opened lazily. Every command carries a
+//! response timeout and every connect a connect timeout; a failed command drops the connection
+//! and the next request opens a new one. There is no retry loop: right after a failed connect,
+//! requests fail fast for [`RECONNECT_PAUSE`] instead of queueing behind more connect attempts,
+//! so a Redis outage costs each request well under a second.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
+
+use super::{Counter, StoreError};
+
+/// How long a connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a command may wait for its answer.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(400);
+/// After a failed connect, how long requests fail at once instead of trying again.
+pub const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+/// Sessions in Redis under `prefix + id`, failure counters under `prefix + "throttle:" + name`.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    prefix: String,
+    conn: Mutex<Conn>,
+    /// Serialises connect attempts, so a burst of requests during an outage makes one attempt.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Conn {
+    live: Option<MultiplexedConnection>,
+    failed_at: Option<Instant>,
+}
+
+impl RedisStore {
+    /// Parses the URL; connects on first use. An unparsable URL is a configuration error.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client: Client::open(url)?,
+                prefix: prefix.to_string(),
+                conn: Mutex::new(Conn::default()),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The URL without its password, for logs.
+    pub fn describe(url: &str) -> String {
+        match url
+            .split_once("://")
+            .and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?.1)))
+        {
+            Some((scheme, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        }
+    }
+
+    fn cached(&self) -> Result<Option<MultiplexedConnection>, StoreError> {
+        let c = self
+            .inner
+            .conn
+            .lock()
+            .expect("redis connection lock poisoned");
+        if let Some(live) = &c.live {
+            return Ok(Some(live.clone()));
+        }
+        match c.failed_at {
+            Some(t) if t.elapsed() < RECONNECT_PAUSE => Err(StoreError::Unavailable(
+                "redis is unreachable (last connect failed just now)".into(),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(c) = self.cached()? {
+            return Ok(c);
+        }
+        let _turn = self.inner.connecting.lock().await;
+        // Someone else may have connected, or failed, while we waited for our turn.
+        if let Some(c) = self.cached()? {
+            return Ok(c);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        // The outer timeout also covers the handshake (AUTH, SELECT, TLS).
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
+            self.inner
+                .client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await;
+        let mut c = self
+            .inner
+            .conn
+            .lock()
+            .expect("redis connection lock poisoned");
+        match attempt {
+            Ok(Ok(conn)) => {
+                if c.failed_at.take().is_some() {
+                    tracing::info!("redis reachable again");
+                }
+                c.live = Some(conn.clone());
+                Ok(conn)
+            }
+            Ok(Err(e)) => {
+                if c.failed_at.replace(Instant::now()).is_none() {
+                    tracing::warn!(error = %e, "redis unreachable; session requests answer 503 until it returns");
+                }
+                Err(StoreError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                if c.failed_at.replace(Instant::now()).is_none() {
+                    tracing::warn!(
+                        "redis connect timed out; session requests answer 503 until it returns"
+                    );
+                }
+                Err(StoreError::Unavailable("connect timed out".into()))
+            }
+        }
+    }
+
+    /// Runs one command (or a pipeline packed into `cmd`); on an I/O-level failure forgets the
+    /// connection so the next request reconnects.
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut conn = self.connection().await?;
+        match cmd.query_async::<T>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.connection().await?;
+        match pipe.query_async::<T>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    fn failed(&self, e: RedisError) -> StoreError {
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+        {
+            let mut c = self
+                .inner
+                .conn
+                .lock()
+                .expect("redis connection lock poisoned");
+            if c.live.take().is_some() {
+                tracing::warn!(error = %e, "redis connection lost; reconnecting on the next request");
+            }
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Backend(e.to_string())
+        }
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}{id}", self.inner.prefix)
+    }
+
+    fn counter_key(&self, name: &str) -> String {
+        format!("{}throttle:{name}", self.inner.prefix)
+    }
+
+    /// PING.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<String>(&redis::cmd("PING")).await.map(drop)
+    }
+
+    /// GET.
+    pub async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("GET").arg(self.key(id))).await
+    }
+
+    /// SET NX EX: false when the id exists already.
+    pub async fn create(&self, id: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let reply: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key(id))
+                    .arg(value)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl.as_secs()),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    /// SET XX EX: false when the record is gone (expired or deleted).
+    pub async fn replace(&self, id: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let reply: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key(id))
+                    .arg(value)
+                    .arg("XX")
+                    .arg("EX")
+                    .arg(ttl.as_secs()),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    /// EXPIRE.
+    pub async fn touch(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.query::<i64>(redis::cmd("EXPIRE").arg(self.key(id)).arg(ttl.as_secs()))
+            .await
+            .map(drop)
+    }
+
+    /// DEL.
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.query::<i64>(redis::cmd("DEL").arg(self.key(id)))
+            .await
+            .map(drop)
+    }
+
+    /// GET and PTTL of a counter.
+    pub async fn counter(&self, name: &str) -> Result<Counter, StoreError> {
+        let key = self.counter_key(name);
+        let (count, pttl): (Option<u64>, i64) = self
+            .pipe(redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key))
+            .await?;
+        Ok(Counter {
+            count: count.unwrap_or(0),
+            resets_in: Duration::from_millis(pttl.max(0) as u64),
+        })
+    }
+
+    /// SET NX (starting the window) + INCR + PTTL, in one MULTI so workers never see a counter
+    /// without its expiry.
+    pub async fn record_failure(
+        &self,
+        name: &str,
+        window: Duration,
+    ) -> Result<Counter, StoreError> {
+        let key = self.counter_key(name);
+        let (_, count, pttl): (Option<String>, u64, i64) = self
+            .pipe(
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(0)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(window.as_millis() as u64)
+                    .cmd("INCR")
+                    .arg(&key)
+                    .cmd("PTTL")
+                    .arg(&key),
+            )
+            .await?;
+        Ok(Counter {
+            count,
+            resets_in: Duration::from_millis(pttl.max(0) as u64),
+        })
+    }
+
+    /// DEL of a counter.
+    pub async fn clear_counter(&self, name: &str) -> Result<(), StoreError> {
+        self.query::<i64>(redis::cmd("DEL").arg(self.counter_key(name)))
+            .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_in_logs() {
+        assert_eq!(
+            RedisStore::describe("redis://app:s3cret@db:6379/2"),
+            "redis://***@db:6379/2"
+        );
+        assert_eq!(
+            RedisStore::describe("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

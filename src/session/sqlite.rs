@@ -1,0 +1,264 @@
+//! The embedded session store: one SQLite file in the data dir, opened by each worker after
+//! `fork` and shared through the file (WAL mode lets readers and one writer work at once).
+//! Runs in the worker; queries run on tokio's blocking pool, never on the server thread.
+//!
+//! Durability: `synchronous=NORMAL` in WAL mode survives any process crash (`kill -9`
+//! included); a power cut can lose the last moments of session writes, which costs those users a
+//! new login. Expired rows are purged by every worker once a minute.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::{Counter, StoreError};
+
+/// File name inside the data dir.
+pub const FILE_NAME: &str = "sessions.sqlite3";
+/// How often expired rows are deleted.
+pub const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// SQLite-backed sessions and counters.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn err(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Creates the database file and its tables, in WAL mode, if they do not exist. The master
+    /// calls this once before forking, so that workers opening the file together never race to
+    /// switch its journal mode (which takes an exclusive lock and fails as "database is locked").
+    /// The connection is closed again: SQLite connections must not cross `fork`.
+    pub fn initialize(data_dir: &Path) -> Result<PathBuf, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS sessions (
+                 id TEXT PRIMARY KEY, state TEXT NOT NULL, expires_at_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS counters (
+                 name TEXT PRIMARY KEY, count INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        )
+        .map_err(err)?;
+        conn.close().map_err(|(_, e)| err(e))?;
+        Ok(path)
+    }
+
+    /// Opens the database the master initialised (in a worker, after fork).
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        // Per connection, not stored in the file.
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(err)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .map_err(|_| StoreError::Backend("sqlite lock poisoned".into()))?;
+            f(&conn).map_err(err)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite task: {e}")))?
+    }
+
+    /// Deletes expired rows now, and then every [`PURGE_EVERY`] on the current runtime.
+    pub fn spawn_purger(&self) {
+        let store = self.clone();
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(PURGE_EVERY);
+            loop {
+                tick.tick().await;
+                let purged = store
+                    .with(|c| {
+                        let now = now_ms();
+                        Ok(
+                            c.execute("DELETE FROM sessions WHERE expires_at_ms <= ?1", [now])?
+                                + c.execute(
+                                    "DELETE FROM counters WHERE expires_at_ms <= ?1",
+                                    [now],
+                                )?,
+                        )
+                    })
+                    .await;
+                match purged {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "purged expired sessions and counters"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+                }
+            }
+        });
+    }
+
+    /// `SELECT 1`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    /// The state of a live session.
+    pub async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT state FROM sessions WHERE id = ?1 AND expires_at_ms > ?2",
+                params![id, now_ms()],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Inserts a session; false if a live one has that id.
+    pub async fn create(&self, id: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let (id, value) = (id.to_string(), value.to_string());
+        self.with(move |c| {
+            let now = now_ms();
+            let n = c.execute(
+                "INSERT INTO sessions (id, state, expires_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, expires_at_ms = excluded.expires_at_ms
+                 WHERE sessions.expires_at_ms <= ?4",
+                params![id, value, now + ttl.as_millis() as i64, now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Replaces a live session's state; false if it is gone.
+    pub async fn replace(&self, id: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let (id, value) = (id.to_string(), value.to_string());
+        self.with(move |c| {
+            let now = now_ms();
+            let n = c.execute(
+                "UPDATE sessions SET state = ?2, expires_at_ms = ?3 WHERE id = ?1 AND expires_at_ms > ?4",
+                params![id, value, now + ttl.as_millis() as i64, now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Renews a live session's expiry.
+    pub async fn touch(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let now = now_ms();
+            c.execute(
+                "UPDATE sessions SET expires_at_ms = ?2 WHERE id = ?1 AND expires_at_ms > ?3",
+                params![id, now + ttl.as_millis() as i64, now],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Deletes a session.
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.execute("DELETE FROM sessions WHERE id = ?1", [id])
+                .map(drop)
+        })
+        .await
+    }
+
+    /// A failure counter's value.
+    pub async fn counter(&self, name: &str) -> Result<Counter, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let now = now_ms();
+            let row: Option<(i64, i64)> = c
+                .query_row(
+                    "SELECT count, expires_at_ms FROM counters WHERE name = ?1 AND expires_at_ms > ?2",
+                    params![name, now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(row.map_or(Counter { count: 0, resets_in: Duration::ZERO }, |(count, exp)| Counter {
+                count: count as u64,
+                resets_in: Duration::from_millis((exp - now).max(0) as u64),
+            }))
+        })
+        .await
+    }
+
+    /// Adds one failure in one statement, so concurrent workers never lose a count.
+    pub async fn record_failure(
+        &self,
+        name: &str,
+        window: Duration,
+    ) -> Result<Counter, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let now = now_ms();
+            let (count, exp): (i64, i64) = c.query_row(
+                "INSERT INTO counters (name, count, expires_at_ms) VALUES (?1, 1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET
+                     count = CASE WHEN counters.expires_at_ms > ?3 THEN counters.count + 1 ELSE 1 END,
+                     expires_at_ms = CASE WHEN counters.expires_at_ms > ?3 THEN counters.expires_at_ms
+                                          ELSE excluded.expires_at_ms END
+                 RETURNING count, expires_at_ms",
+                params![name, now + window.as_millis() as i64, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(Counter { count: count as u64, resets_in: Duration::from_millis((exp - now).max(0) as u64) })
+        })
+        .await
+    }
+
+    /// Deletes a counter.
+    pub async fn clear_counter(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.execute("DELETE FROM counters WHERE name = ?1", [name])
+                .map(drop)
+        })
+        .await
+    }
+}

@@ -1,0 +1,344 @@
+//! The worker: what a forked child does, from post-fork hygiene to `exit`. Runs only in workers.
+//!
+//! Order matters and follows the fork rules in STYLE.md: first undo what was inherited (signal
+//! mask, master-only descriptors, the RNG state), then drop privileges, then arm the
+//! parent-death signal (a credential change clears it), and only then build the runtime, the
+//! app's state (Redis connections and the like) and the HTTP server on the inherited socket.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpServer, web};
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::unistd::{Gid, Pid, Uid};
+use tokio::signal::unix::{SignalKind, signal as tokio_signal};
+
+use crate::process::exit_code;
+use crate::{signals, title};
+
+/// What a worker knows about itself; handed to the app.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// The worker's id: 1, 2, 3, ... in fork order, never reused (like Node's `worker.id`).
+    pub id: u64,
+    /// The worker's process id.
+    pub pid: u32,
+}
+
+/// Why an app could not start in a worker. The variant picks the exit code, and so what the
+/// master does next.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// May pass on its own (a dependency not up yet): the master retries with back-off.
+    #[error("{0}")]
+    Transient(String),
+    /// Cannot pass without an operator (bad configuration): the master stops the service.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// An actix-web application that clusterd runs in every worker.
+///
+/// `init` runs once per worker process, after `fork`, inside the worker's runtime: create
+/// connections and other per-process state there, never in the master. `configure` runs once per
+/// server thread with a clone of that state and registers the routes.
+pub trait WorkerApp: Send + Sync + 'static {
+    /// Per-process state shared by the worker's threads (cheap to clone: use `Arc`s inside).
+    type State: Clone + Send + 'static;
+
+    /// Builds the per-process state.
+    fn init(&self, worker: &WorkerInfo) -> impl Future<Output = Result<Self::State, BootError>>;
+
+    /// Registers routes, default service and app data.
+    fn configure(state: &Self::State, cfg: &mut web::ServiceConfig);
+}
+
+/// Everything the master prepared for one child before forking it.
+pub(crate) struct WorkerSpec<'a, A> {
+    pub id: u64,
+    pub app: &'a A,
+    pub listener: &'a TcpListener,
+    /// Write end of this worker's readiness pipe; the master holds the read end.
+    pub ready: OwnedFd,
+    pub master: Pid,
+    pub threads: usize,
+    pub graceful_timeout: Duration,
+    /// Resolved `--user` / `--group`, when the master runs as root.
+    pub credentials: Option<(Uid, Gid)>,
+}
+
+/// How the worker was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// TERM or HUP from the master (or an operator): finish in-flight requests.
+    Graceful,
+    /// QUIT: close everything now.
+    Fast,
+    /// The master died: stop accepting and leave quickly, whatever is in flight.
+    Orphaned,
+}
+
+/// How long an orphaned worker lets in-flight requests run before it exits anyway.
+const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
+
+/// The child side of `fork`. Returns the exit code; `process::spawn` exits with it.
+pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
+    let pid = std::process::id();
+    crate::log::set_role(format!("worker {} pid {pid}", spec.id));
+    if let Err(e) = hygiene(&spec) {
+        tracing::error!(error = %e, "post-fork setup failed; exiting");
+        return exit_code::BOOT_FAILED;
+    }
+    title::set(
+        &format!("clusterd: worker {}", spec.id),
+        &format!("clusterd-w{}", spec.id),
+    );
+    #[cfg(debug_assertions)]
+    if let Some(code) = test_hooks::boot_exit_code() {
+        tracing::warn!(code, "test hook: exiting at boot (debug builds only)");
+        return code;
+    }
+
+    let info = WorkerInfo { id: spec.id, pid };
+    let listener = match spec.listener.try_clone() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "duplicating the listening socket failed");
+            return exit_code::BOOT_FAILED;
+        }
+    };
+    let system = actix_web::rt::System::new();
+    let result = system.block_on(serve(
+        spec.app,
+        &info,
+        listener,
+        spec.ready,
+        spec.master,
+        spec.threads,
+        spec.graceful_timeout,
+    ));
+    match result {
+        Ok(()) => exit_code::OK,
+        Err(BootError::Transient(e)) => {
+            tracing::error!(error = %e, "worker failed to boot");
+            exit_code::BOOT_FAILED
+        }
+        Err(BootError::Config(e)) => {
+            tracing::error!(error = %e, "worker rejected the configuration");
+            exit_code::CONFIG_INVALID
+        }
+    }
+}
+
+/// Undoes what `fork` copied from the master and arms the parent-death signal.
+fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), String> {
+    signals::reset_in_child().map_err(|e| format!("resetting signals: {e}"))?;
+    // Ctrl-C in a terminal signals the whole foreground process group, workers included. The
+    // master turns it into a graceful stop of every worker; a worker that also acted on it would
+    // drop its connections behind the master's back.
+    // SAFETY: SIG_IGN installs no handler code; no other thread exists yet.
+    unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }
+        .map_err(|e| format!("ignoring SIGINT: {e}"))?;
+    crate::process::close_fds_except(&[spec.listener.as_raw_fd(), spec.ready.as_raw_fd()]);
+    // rand 0.9's thread-local generator does not notice fork: reseed it, or two workers could
+    // mint the same session ids. (Threads created later seed their own from the OS.)
+    rand::rng()
+        .reseed()
+        .map_err(|e| format!("reseeding the RNG: {e}"))?;
+    if let Some((uid, gid)) = spec.credentials {
+        crate::privileges::drop_to(uid, gid).map_err(|e| format!("dropping privileges: {e}"))?;
+    }
+    // Set after the credential change, which clears it. TERM lets the worker tell "the master
+    // asked" from "the master is gone" by checking its parent below and in the TERM handler.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    if nix::unistd::getppid() != spec.master {
+        return Err("the master died before this worker started".into());
+    }
+    Ok(())
+}
+
+/// Builds the app state and serves until a stop signal; `ready` is written once the server
+/// accepts.
+async fn serve<A: WorkerApp>(
+    app: &A,
+    info: &WorkerInfo,
+    listener: TcpListener,
+    ready: OwnedFd,
+    master: Pid,
+    threads: usize,
+    graceful_timeout: Duration,
+) -> Result<(), BootError> {
+    // Installed before the app boots, so that a TERM during a slow boot is a clean exit.
+    let stop = StopSignals::install()
+        .map_err(|e| BootError::Transient(format!("installing signal handlers: {e}")))?
+        .wait(master);
+    let state = app.init(info).await?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&draining);
+    let id = HeaderValue::from(info.id);
+    let server = HttpServer::new(move || {
+        let (flag, id) = (Arc::clone(&flag), id.clone());
+        let state = state.clone();
+        App::new()
+            .wrap(from_fn(move |req, next| {
+                worker_layer(id.clone(), Arc::clone(&flag), req, next)
+            }))
+            .configure(move |cfg| A::configure(&state, cfg))
+    })
+    .workers(threads)
+    .disable_signals()
+    .shutdown_timeout(graceful_timeout.as_secs())
+    .listen(listener)
+    .map_err(|e| BootError::Transient(format!("listening on the inherited socket: {e}")))?
+    .run();
+    let handle = server.handle();
+    let mut server = pin!(server);
+    // The first poll starts actix's accept thread and server threads and returns once they have
+    // built their services: from then on connections on the shared socket are served here.
+    let first = std::future::poll_fn(|cx| Poll::Ready(server.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return result.map_err(|e| BootError::Transient(format!("starting the server: {e}")));
+    }
+    announce_ready(ready);
+    tracing::info!(threads, "serving");
+
+    let mut stop = pin!(stop);
+    let how = tokio::select! {
+        result = server.as_mut() => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "server stopped unexpectedly");
+            }
+            return Ok(());
+        }
+        how = &mut stop => how,
+    };
+    // Every response from now on says `Connection: close`, so keep-alive clients move to
+    // another worker after their current request instead of finding this one gone.
+    draining.store(true, Ordering::Relaxed);
+    // `pause` and `stop` only queue a command for the server future, which must keep being
+    // polled to act on it (awaiting their own futures instead would wait forever); the server
+    // future resolves once every server thread has finished.
+    match how {
+        Stop::Graceful => {
+            tracing::info!(
+                timeout_s = graceful_timeout.as_secs(),
+                "stopping gracefully: no new connections, finishing requests"
+            );
+            // Stop accepting first and give connections the accept thread already took a
+            // moment to reach a server thread: actix's graceful stop drops connections still
+            // queued between the two, and their clients would see a reset. Connections not yet
+            // accepted stay in the shared socket's queue for the other workers.
+            let _paused = handle.pause();
+            settle(&mut server).await;
+            let _done = handle.stop(true);
+            let _ = server.as_mut().await;
+        }
+        Stop::Fast => {
+            tracing::info!("stopping now (SIGQUIT)");
+            let _done = handle.stop(false);
+            let _ = server.as_mut().await;
+        }
+        Stop::Orphaned => {
+            tracing::warn!("the master is gone: stopping");
+            let _done = handle.stop(true);
+            if tokio::time::timeout(ORPHAN_GRACE, server.as_mut())
+                .await
+                .is_err()
+            {
+                tracing::warn!("requests still running after {ORPHAN_GRACE:?}; exiting anyway");
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// How long a pausing worker keeps running its server before stopping it.
+const HANDOFF_SETTLE: Duration = Duration::from_millis(100);
+
+/// Keeps polling the server future for [`HANDOFF_SETTLE`] (it must be polled to act on
+/// commands), unless it ends sooner.
+async fn settle<F: Future + Unpin>(server: &mut F) {
+    let _ = tokio::time::timeout(HANDOFF_SETTLE, server).await;
+}
+
+/// The worker's stop signals, registered with tokio (which installs the handlers now).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        Ok(StopSignals {
+            term: tokio_signal(SignalKind::terminate())?,
+            quit: tokio_signal(SignalKind::quit())?,
+            hup: tokio_signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Resolves at the first stop signal. A TERM is the master's request unless the master is
+    /// gone, in which case it is the parent-death signal.
+    async fn wait(mut self, master: Pid) -> Stop {
+        tokio::select! {
+            _ = self.term.recv() => {
+                if nix::unistd::getppid() == master { Stop::Graceful } else { Stop::Orphaned }
+            }
+            _ = self.hup.recv() => Stop::Graceful,
+            _ = self.quit.recv() => Stop::Fast,
+        }
+    }
+}
+
+fn announce_ready(ready: OwnedFd) {
+    // One byte, then close: EOF before the byte tells the master the worker died booting.
+    let mut file = std::fs::File::from(ready);
+    if let Err(e) = std::io::Write::write_all(&mut file, b"R") {
+        tracing::warn!(error = %e, "could not tell the master this worker is ready");
+    }
+}
+
+/// Wraps every app: names the worker that answered in an `x-clusterd-worker` header (how an
+/// operator sees the load spread), and closes keep-alive connections once the worker drains.
+async fn worker_layer(
+    worker: HeaderValue,
+    draining: Arc<AtomicBool>,
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut res = next.call(req).await?;
+    res.headers_mut()
+        .insert(HeaderName::from_static("x-clusterd-worker"), worker);
+    if draining.load(Ordering::Relaxed) {
+        res.response_mut()
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+    }
+    Ok(res)
+}
+
+/// Hooks for the crash-loop tests. Compiled into debug builds only, so a release binary has no
+/// way to make its workers fail on purpose.
+#[cfg(debug_assertions)]
+mod test_hooks {
+    /// `CLUSTERD_TEST_BOOT_EXIT_FILE=<path>`: while that file exists, every new worker exits
+    /// right after fork with the code written in it. A file, not a value, so a test can turn
+    /// the failure on and off while the master runs.
+    pub fn boot_exit_code() -> Option<i32> {
+        let path = std::env::var_os("CLUSTERD_TEST_BOOT_EXIT_FILE")?;
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+}

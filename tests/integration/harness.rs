@@ -1,0 +1,687 @@
+//! Shared test harness: starts a real `redis-server` and the real `clusterd` binary on loopback
+//! ports, each in its own process group, and stops them by PID on Drop. Also a small HTTP/1.1
+//! client over `TcpStream` (so tests control connections exactly: fresh or kept alive,
+//! dribbled bodies, raw garbage) and helpers to read the process tree from /proc.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clusterd");
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary directory removed on Drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "clusterd-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- processes ------------------------------------------------------------------------------
+
+/// Whether a pid exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether a pid exists at all (a zombie counts: it has not been reaped).
+pub fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Living children of `pid`, sorted.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(pid) && fields[0] != "Z" {
+            out.push(child);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The command line of a process as `ps -o cmd` shows it.
+pub fn cmdline(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .replace('\0', " ")
+        .trim()
+        .to_string()
+}
+
+pub fn signal(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
+}
+
+// ---- redis ----------------------------------------------------------------------------------
+
+/// A real redis-server on a loopback port, without persistence.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+fn redis_binary() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/local/bin"])
+    {
+        let p = Path::new(dir).join("redis-server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "redis-server not found: these tests need a real Redis. Install it with `apt-get install -y redis-server` (Debian) and run the tests again"
+    );
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir: TempDir::new("redis"),
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (again) on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis already running");
+        let child = Command::new(redis_binary())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("starting redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(
+            Duration::from_secs(10),
+            "redis-server answering PING",
+            || (redis_cli(port, &["PING"]).trim() == "PONG").then_some(()),
+        );
+    }
+
+    /// Stops it (SIGKILL by PID: an outage, not a shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs one command with redis-cli and returns its raw output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+
+    /// Keys matching a pattern.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.cli(&["--raw", "KEYS", pattern])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (installed with redis-server: apt-get install -y redis-server)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---- clusterd -------------------------------------------------------------------------------
+
+/// A running `clusterd` master. Its stderr goes to a log file the test can read.
+pub struct Clusterd {
+    pub port: u16,
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub log: PathBuf,
+    pub data: PathBuf,
+    _dir: Option<TempDir>,
+}
+
+/// How to start clusterd.
+pub struct Opts {
+    pub workers: usize,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Data dir to use (to restart on the same one); a fresh temp dir otherwise.
+    pub data: Option<PathBuf>,
+    /// Port to use (to restart on the same one).
+    pub port: Option<u16>,
+    /// Wait for "all workers ready" before returning.
+    pub wait_ready: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            workers: 2,
+            args: Vec::new(),
+            env: Vec::new(),
+            data: None,
+            port: None,
+            wait_ready: true,
+        }
+    }
+}
+
+impl Opts {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn redis(self, r: &Redis) -> Self {
+        self.arg("--redis-url").arg(r.url())
+    }
+    pub fn data(mut self, p: &Path) -> Self {
+        self.data = Some(p.to_path_buf());
+        self
+    }
+    pub fn port(mut self, p: u16) -> Self {
+        self.port = Some(p);
+        self
+    }
+    pub fn no_wait(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+}
+
+impl Clusterd {
+    pub fn start(opts: Opts) -> Self {
+        let dir = TempDir::new("clusterd");
+        let port = opts.port.unwrap_or_else(free_port);
+        let data = opts.data.clone().unwrap_or_else(|| dir.path().join("data"));
+        let log = dir.path().join("clusterd.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--workers")
+            .arg(opts.workers.to_string())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--graceful-timeout")
+            .arg("10")
+            .args(&opts.args)
+            .env_remove("REDIS_URL")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("JOURNAL_STREAM")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            // Its own process group, so the test can play the terminal (signal the group) and
+            // clean up everything it started.
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. If the test
+        // process dies without running Drop (killed), its clusterd goes with it.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("starting clusterd");
+        let c = Clusterd {
+            port,
+            addr: ([127, 0, 0, 1], port).into(),
+            child,
+            log,
+            data,
+            _dir: Some(dir),
+        };
+        if opts.wait_ready {
+            c.wait_log(Duration::from_secs(20), "all workers ready");
+        }
+        c
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn workers(&self) -> Vec<i32> {
+        children(self.pid())
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        signal(self.pid(), sig);
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(String::from)
+            .collect()
+    }
+
+    /// Waits until the log has one more line containing `needle` than it had... or at least one.
+    pub fn wait_log(&self, timeout: Duration, needle: &str) {
+        self.wait_log_count(timeout, needle, 1);
+    }
+
+    /// Waits until at least `n` lines contain `needle`.
+    pub fn wait_log_count(&self, timeout: Duration, needle: &str, n: usize) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_lines(needle).len() >= n {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {n} log line(s) with {needle:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(Some(status)) = self.child_status() {
+                panic!(
+                    "clusterd exited ({status}) while waiting for {needle:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        // try_wait needs &mut; peek through /proc instead to keep &self.
+        if alive(self.pid()) {
+            Ok(None)
+        } else {
+            Ok(Some(std::process::ExitStatus::default()))
+        }
+    }
+
+    /// Waits for the master to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "clusterd did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path, &[], b"")
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", self.log_text()))
+    }
+
+    /// Logs in as the demo user and returns the cookie header value.
+    pub fn login(&self, user: &str, password: &str) -> String {
+        let body = format!(r#"{{"username":"{user}","password":"{password}"}}"#);
+        let r = request(
+            self.addr,
+            "POST",
+            "/login",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "login failed: {} {}", r.status, r.text());
+        r.cookie().expect("login sets a cookie")
+    }
+}
+
+impl Drop for Clusterd {
+    fn drop(&mut self) {
+        // Kill the whole group (master and workers) by its id, then reap the master.
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- HTTP -----------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// `name=value` of the first Set-Cookie, ready for a Cookie header.
+    pub fn cookie(&self) -> Option<String> {
+        self.header("set-cookie")
+            .map(|c| c.split(';').next().unwrap().trim().to_string())
+    }
+
+    pub fn worker(&self) -> Option<u64> {
+        self.header("x-clusterd-worker")?.parse().ok()
+    }
+
+    pub fn wants_close(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write_request(&mut stream, method, path, headers, body, false)?;
+    read_response(&mut BufReader::new(stream))
+}
+
+pub fn write_request(
+    stream: &mut TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut msg = head.into_bytes();
+    msg.extend_from_slice(body);
+    stream.write_all(&msg)
+}
+
+/// Reads one response (Content-Length or read-to-close bodies; actix sends nothing else here).
+pub fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.read_to_end(&mut body)?;
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A keep-alive client that reconnects when the server says `Connection: close`.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> Self {
+        KeepAlive { addr, conn: None }
+    }
+
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let reader = self.conn.as_mut().unwrap();
+        let result = write_request(reader.get_mut(), "GET", path, headers, b"", true)
+            .and_then(|()| read_response(reader));
+        match &result {
+            Ok(r) if !r.wants_close() => {}
+            _ => self.conn = None,
+        }
+        result
+    }
+}
+
+/// Counts of a request loop.
+#[derive(Debug, Default, Clone)]
+pub struct LoopStats {
+    pub ok: usize,
+    pub failed: Vec<String>,
+    pub workers: HashMap<u64, usize>,
+}
+
+/// Runs GET `path` in a loop on `threads` threads (half keep-alive, half fresh connections)
+/// until `stop` is set; every non-200 or I/O error is a failure.
+pub fn request_loop(
+    addr: SocketAddr,
+    path: &'static str,
+    headers: Vec<(String, String)>,
+    threads: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<LoopStats>> {
+    (0..threads)
+        .map(|i| {
+            let stop = stop.clone();
+            let headers = headers.clone();
+            std::thread::spawn(move || {
+                let h: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let mut stats = LoopStats::default();
+                let mut ka = KeepAlive::new(addr);
+                // Bounded: a loop that runs away stops by itself after a minute.
+                let end = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    let r = if i % 2 == 0 {
+                        ka.get(path, &h)
+                    } else {
+                        request(addr, "GET", path, &h, b"")
+                    };
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            stats.ok += 1;
+                            *stats.workers.entry(r.worker().unwrap_or(0)).or_default() += 1;
+                        }
+                        Ok(r) => stats
+                            .failed
+                            .push(format!("status {} {}", r.status, r.text())),
+                        Err(e) => stats.failed.push(format!("error {e}")),
+                    }
+                }
+                stats
+            })
+        })
+        .collect()
+}
+
+pub fn join_loops(handles: Vec<std::thread::JoinHandle<LoopStats>>) -> LoopStats {
+    let mut all = LoopStats::default();
+    for h in handles {
+        let s = h.join().unwrap();
+        all.ok += s.ok;
+        all.failed.extend(s.failed);
+        for (k, v) in s.workers {
+            *all.workers.entry(k).or_default() += v;
+        }
+    }
+    all
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real `clusterd` binary against a real `redis-server`, both on loopback
+//! ports the tests pick. One test binary (see Cargo.toml) with a module per area.
+
+mod harness;
+
+mod cli;
+mod cluster;
+mod sessions;
