@@ -179,6 +179,22 @@ pub struct ClusterConfig {
     pub group: Option<String>,
 }
 
+impl Default for ClusterConfig {
+    /// Loopback on port 8080, one worker per available CPU, one thread each, 30 s graceful
+    /// timeout: what the binary uses when nothing is configured.
+    fn default() -> Self {
+        ClusterConfig {
+            bind: DEFAULT_BIND.parse().expect("default address parses"),
+            workers: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            threads: 1,
+            graceful_timeout: Duration::from_secs(30),
+            backlog: 1024,
+            user: None,
+            group: None,
+        }
+    }
+}
+
 /// Settings of the demo app's sessions and logins; read by the master, used by the workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
