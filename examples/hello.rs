@@ -24,7 +24,10 @@ impl WorkerApp for Hello {
 
     async fn init(&self, worker: &WorkerInfo) -> Result<State, BootError> {
         // Open database pools, Redis connections and the like here: this runs in the worker.
-        Ok(State { greeting: self.greeting.clone(), worker: worker.id })
+        Ok(State {
+            greeting: self.greeting.clone(),
+            worker: worker.id,
+        })
     }
 
     fn configure(state: &State, cfg: &mut web::ServiceConfig) {
@@ -48,7 +51,9 @@ fn main() -> anyhow::Result<()> {
         ..ClusterConfig::default()
     };
     let listener = clusterd::socket::bind(config.bind, config.backlog)?;
-    let app = Hello { greeting: "hello".into() };
+    let app = Hello {
+        greeting: "hello".into(),
+    };
     Master::new(app, config, listener)?.run()?;
     Ok(())
 }

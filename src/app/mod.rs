@@ -77,16 +77,19 @@ impl WorkerApp for DemoApp {
 
     async fn init(&self, worker: &WorkerInfo) -> Result<DemoState, BootError> {
         let store = match &self.session.redis_url {
-            Some(url) => Store::Redis(RedisStore::new(url, &self.session.prefix).map_err(|e| {
-                BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url)))
-            })?),
+            Some(url) => Store::Redis(
+                RedisStore::new(url, &self.session.prefix, self.session.idle_timeout).map_err(
+                    |e| BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url))),
+                )?,
+            ),
             None => {
-                let s = SqliteStore::open(&self.session.data_dir).map_err(|e| {
-                    BootError::Config(format!(
-                        "opening the embedded store in {}: {e}",
-                        self.session.data_dir.display()
-                    ))
-                })?;
+                let s = SqliteStore::open(&self.session.data_dir, self.session.idle_timeout)
+                    .map_err(|e| {
+                        BootError::Config(format!(
+                            "opening the embedded store in {}: {e}",
+                            self.session.data_dir.display()
+                        ))
+                    })?;
                 s.spawn_purger();
                 Store::Sqlite(s)
             }

@@ -2,24 +2,25 @@
 //!
 //! One multiplexed connection per worker process, opened lazily. Every command carries a
 //! response timeout and every connect a connect timeout; a failed command drops the connection
-//! and the next request opens a new one. There is no retry loop: right after a failed connect,
-//! requests fail fast for [`RECONNECT_PAUSE`] instead of queueing behind more connect attempts,
-//! so a Redis outage costs each request well under a second.
+//! and the next request opens a new one. There is no retry loop, and requests never queue behind
+//! more than one connect attempt: those that waited for an attempt that failed share its answer.
+//! So a Redis outage costs each request well under a second, and the first request after Redis
+//! returns reconnects.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
 
 use super::{Counter, StoreError};
 
-/// How long a connect may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long the TCP connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long connecting may take in all, handshake (AUTH, SELECT, TLS) included.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long a command may wait for its answer.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(400);
-/// After a failed connect, how long requests fail at once instead of trying again.
-pub const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 /// Sessions in Redis under `prefix + id`, failure counters under `prefix + "throttle:" + name`.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct RedisStore {
 struct Inner {
     client: Client,
     prefix: String,
+    /// The idle timeout, renewed by every read.
+    idle: Duration,
     conn: Mutex<Conn>,
     /// Serialises connect attempts, so a burst of requests during an outage makes one attempt.
     connecting: tokio::sync::Mutex<()>,
@@ -38,16 +41,19 @@ struct Inner {
 #[derive(Default)]
 struct Conn {
     live: Option<MultiplexedConnection>,
-    failed_at: Option<Instant>,
+    /// Failed connect attempts since the last success.
+    failures: u64,
 }
 
 impl RedisStore {
     /// Parses the URL; connects on first use. An unparsable URL is a configuration error.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, RedisError> {
+    /// `idle` is the session idle timeout, which every read renews.
+    pub fn new(url: &str, prefix: &str, idle: Duration) -> Result<Self, RedisError> {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 client: Client::open(url)?,
                 prefix: prefix.to_string(),
+                idle,
                 conn: Mutex::new(Conn::default()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
@@ -65,38 +71,38 @@ impl RedisStore {
         }
     }
 
-    fn cached(&self) -> Result<Option<MultiplexedConnection>, StoreError> {
+    /// The live connection, or the number of failed connect attempts so far.
+    fn cached(&self) -> Result<MultiplexedConnection, u64> {
         let c = self
             .inner
             .conn
             .lock()
             .expect("redis connection lock poisoned");
-        if let Some(live) = &c.live {
-            return Ok(Some(live.clone()));
-        }
-        match c.failed_at {
-            Some(t) if t.elapsed() < RECONNECT_PAUSE => Err(StoreError::Unavailable(
-                "redis is unreachable (last connect failed just now)".into(),
-            )),
-            _ => Ok(None),
-        }
+        c.live.clone().ok_or(c.failures)
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(c) = self.cached()? {
-            return Ok(c);
-        }
+        let seen = match self.cached() {
+            Ok(conn) => return Ok(conn),
+            Err(failures) => failures,
+        };
         let _turn = self.inner.connecting.lock().await;
-        // Someone else may have connected, or failed, while we waited for our turn.
-        if let Some(c) = self.cached()? {
-            return Ok(c);
+        match self.cached() {
+            Ok(conn) => return Ok(conn),
+            // An attempt failed while we waited for our turn: share its answer instead of
+            // queueing another one behind it. This bounds every request to one connect timeout
+            // of waiting plus at most one of its own.
+            Err(failures) if failures != seen => {
+                return Err(StoreError::Unavailable("redis is unreachable".into()));
+            }
+            Err(_) => {}
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         // The outer timeout also covers the handshake (AUTH, SELECT, TLS).
         let attempt = tokio::time::timeout(
-            CONNECT_TIMEOUT + RESPONSE_TIMEOUT,
+            HANDSHAKE_TIMEOUT,
             self.inner
                 .client
                 .get_multiplexed_async_connection_with_config(&config),
@@ -107,29 +113,23 @@ impl RedisStore {
             .conn
             .lock()
             .expect("redis connection lock poisoned");
-        match attempt {
+        let error = match attempt {
             Ok(Ok(conn)) => {
-                if c.failed_at.take().is_some() {
+                if c.failures > 0 {
                     tracing::info!("redis reachable again");
                 }
+                c.failures = 0;
                 c.live = Some(conn.clone());
-                Ok(conn)
+                return Ok(conn);
             }
-            Ok(Err(e)) => {
-                if c.failed_at.replace(Instant::now()).is_none() {
-                    tracing::warn!(error = %e, "redis unreachable; session requests answer 503 until it returns");
-                }
-                Err(StoreError::Unavailable(e.to_string()))
-            }
-            Err(_) => {
-                if c.failed_at.replace(Instant::now()).is_none() {
-                    tracing::warn!(
-                        "redis connect timed out; session requests answer 503 until it returns"
-                    );
-                }
-                Err(StoreError::Unavailable("connect timed out".into()))
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        if c.failures == 0 {
+            tracing::warn!(error = %error, "redis unreachable; session requests answer 503 until it returns");
         }
+        c.failures += 1;
+        Err(StoreError::Unavailable(error))
     }
 
     /// Runs one command (or a pipeline packed into `cmd`); on an I/O-level failure forgets the
@@ -183,9 +183,16 @@ impl RedisStore {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
-    /// GET.
+    /// GETEX with the idle timeout: reading a session renews it, in the same round trip
+    /// (Redis 6.2 or later).
     pub async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
-        self.query(redis::cmd("GET").arg(self.key(id))).await
+        self.query(
+            redis::cmd("GETEX")
+                .arg(self.key(id))
+                .arg("EX")
+                .arg(self.inner.idle.as_secs()),
+        )
+        .await
     }
 
     /// SET NX EX: false when the id exists already.
@@ -216,13 +223,6 @@ impl RedisStore {
             )
             .await?;
         Ok(reply.is_some())
-    }
-
-    /// EXPIRE.
-    pub async fn touch(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.query::<i64>(redis::cmd("EXPIRE").arg(self.key(id)).arg(ttl.as_secs()))
-            .await
-            .map(drop)
     }
 
     /// DEL.

@@ -24,6 +24,8 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
+    /// The idle timeout, renewed by every read.
+    idle: Duration,
 }
 
 fn now_ms() -> i64 {
@@ -69,8 +71,9 @@ impl SqliteStore {
         Ok(path)
     }
 
-    /// Opens the database the master initialised (in a worker, after fork).
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+    /// Opens the database the master initialised (in a worker, after fork). `idle` is the
+    /// session idle timeout, which every read renews.
+    pub fn open(data_dir: &Path, idle: Duration) -> Result<Self, StoreError> {
         let path = data_dir.join(FILE_NAME);
         let conn = Connection::open_with_flags(
             &path,
@@ -84,6 +87,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: Arc::new(path),
+            idle,
         })
     }
 
@@ -140,13 +144,15 @@ impl SqliteStore {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
-    /// The state of a live session.
+    /// The state of a live session, renewing its expiry in the same statement.
     pub async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
         let id = id.to_string();
+        let idle = self.idle.as_millis() as i64;
         self.with(move |c| {
+            let now = now_ms();
             c.query_row(
-                "SELECT state FROM sessions WHERE id = ?1 AND expires_at_ms > ?2",
-                params![id, now_ms()],
+                "UPDATE sessions SET expires_at_ms = ?2 WHERE id = ?1 AND expires_at_ms > ?3 RETURNING state",
+                params![id, now + idle, now],
                 |r| r.get(0),
             )
             .optional()
@@ -180,20 +186,6 @@ impl SqliteStore {
                 params![id, value, now + ttl.as_millis() as i64, now],
             )?;
             Ok(n == 1)
-        })
-        .await
-    }
-
-    /// Renews a live session's expiry.
-    pub async fn touch(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.with(move |c| {
-            let now = now_ms();
-            c.execute(
-                "UPDATE sessions SET expires_at_ms = ?2 WHERE id = ?1 AND expires_at_ms > ?3",
-                params![id, now + ttl.as_millis() as i64, now],
-            )
-            .map(drop)
         })
         .await
     }

@@ -199,6 +199,13 @@ impl Redis {
         }
     }
 
+    /// Freezes or thaws it (SIGSTOP / SIGCONT by PID): a Redis that accepts connections but
+    /// never answers.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("redis running").id() as i32;
+        signal(pid, if frozen { Signal::SIGSTOP } else { Signal::SIGCONT });
+    }
+
     /// Runs one command with redis-cli and returns its raw output.
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port, args)

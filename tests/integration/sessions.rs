@@ -190,6 +190,34 @@ fn redis_outage_gives_503_fast_and_recovers_without_a_restart() {
 }
 
 #[test]
+fn a_redis_that_stops_answering_gives_503_within_a_second() {
+    let redis = Redis::start();
+    let c = Clusterd::start(Opts::default().workers(2).redis(&redis));
+    let cookie = c.login("alice", "wonderland");
+    redis.freeze(true);
+    for _ in 0..6 {
+        let t = Instant::now();
+        let r = me(&c, &cookie);
+        let took = t.elapsed();
+        redis_thawed_on_panic(&redis, || {
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(took < Duration::from_secs(1), "503 took {took:?}");
+        });
+    }
+    redis.freeze(false);
+    eventually(T, "sessions work again", || (me(&c, &cookie).status == 200).then_some(()));
+    assert_logged_in_everywhere(&c, &cookie);
+}
+
+/// Runs `f`; if it panics, thaws Redis first so its Drop can stop it.
+fn redis_thawed_on_panic(redis: &Redis, f: impl FnOnce()) {
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        redis.freeze(false);
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
 fn workers_start_degraded_when_redis_is_down() {
     let port = free_port();
     let c = Clusterd::start(
