@@ -64,69 +64,96 @@ pub struct DemoApp {
 /// Per-worker state, cloned into each server thread.
 #[derive(Clone)]
 pub struct DemoState {
-    store: Store,
     worker: WorkerInfo,
     users: Arc<Users>,
     key: Key,
     session: Arc<SessionConfig>,
-    store_up: Arc<AtomicBool>,
+    /// Whether the store answered when the worker booted (the probes take over from there).
+    up_at_boot: bool,
+}
+
+/// A server thread's own store handle. Each thread opens its own Redis connection (or SQLite
+/// connection): a connection's I/O runs on the runtime that opened it, and one opened on
+/// another thread would cost a cross-thread wake-up per request.
+#[derive(Clone)]
+struct ThreadStore {
+    store: Store,
+    up: Arc<AtomicBool>,
+}
+
+impl DemoState {
+    fn open_store(&self) -> Result<Store, BootError> {
+        let s = &self.session;
+        Ok(match &s.redis_url {
+            Some(url) => Store::Redis(RedisStore::new(url, &s.prefix, s.idle_timeout).map_err(
+                |e| BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url))),
+            )?),
+            None => Store::Sqlite(SqliteStore::open(&s.data_dir, s.idle_timeout).map_err(|e| {
+                BootError::Config(format!(
+                    "opening the embedded store in {}: {e}",
+                    s.data_dir.display()
+                ))
+            })?),
+        })
+    }
 }
 
 impl WorkerApp for DemoApp {
     type State = DemoState;
 
     async fn init(&self, worker: &WorkerInfo) -> Result<DemoState, BootError> {
-        let store = match &self.session.redis_url {
-            Some(url) => Store::Redis(
-                RedisStore::new(url, &self.session.prefix, self.session.idle_timeout).map_err(
-                    |e| BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url))),
-                )?,
-            ),
-            None => {
-                let s = SqliteStore::open(&self.session.data_dir, self.session.idle_timeout)
-                    .map_err(|e| {
-                        BootError::Config(format!(
-                            "opening the embedded store in {}: {e}",
-                            self.session.data_dir.display()
-                        ))
-                    })?;
-                s.spawn_purger();
-                Store::Sqlite(s)
-            }
+        let mut state = DemoState {
+            worker: worker.clone(),
+            users: Arc::clone(&self.users),
+            key: self.key.clone(),
+            session: Arc::new(self.session.clone()),
+            up_at_boot: false,
         };
+        // Checks the configuration once per worker; this handle then only purges expired rows.
+        let store = state.open_store()?;
         // A worker starts even when Redis is down (degraded); requests that need a session get
-        // 503 until it answers. The probe keeps /healthz current.
-        let store_up = Arc::new(AtomicBool::new(store.ping().await.is_ok()));
-        if !store_up.load(Ordering::Relaxed) {
+        // 503 until it answers.
+        state.up_at_boot = store.ping().await.is_ok();
+        if !state.up_at_boot {
             tracing::warn!(
                 store = store.kind(),
                 "session store not reachable at boot; serving degraded"
             );
         }
-        spawn_probe(store.clone(), Arc::clone(&store_up));
-        Ok(DemoState {
-            store,
-            worker: worker.clone(),
-            users: Arc::clone(&self.users),
-            key: self.key.clone(),
-            session: Arc::new(self.session.clone()),
-            store_up,
-        })
+        if let Store::Sqlite(s) = &store {
+            s.spawn_purger();
+        }
+        Ok(state)
     }
 
     fn configure(state: &DemoState, cfg: &mut web::ServiceConfig) {
+        // Runs on the server thread, inside its runtime. `init` opened a store with the same
+        // settings a moment ago, so a failure here is an environment change: the thread's
+        // start fails and the worker exits with a boot error (the master backs off).
+        let store = state
+            .open_store()
+            .unwrap_or_else(|e| panic!("opening the session store for a server thread: {e}"));
+        let thread = ThreadStore {
+            store,
+            up: Arc::new(AtomicBool::new(state.up_at_boot)),
+        };
+        spawn_probe(thread.store.clone(), Arc::clone(&thread.up));
         cfg.app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(thread.clone()))
             .route("/healthz", web::get().to(healthz))
             .service(with_session(
                 state,
+                &thread,
                 web::resource("/login").route(web::post().to(login)),
             ))
             .service(with_session(
                 state,
+                &thread,
                 web::resource("/me").route(web::get().to(me)),
             ))
             .service(with_session(
                 state,
+                &thread,
                 web::resource("/logout").route(web::post().to(logout)),
             ));
         #[cfg(debug_assertions)]
@@ -151,6 +178,7 @@ fn spawn_probe(store: Store, up: Arc<AtomicBool>) {
 /// working when the store is down) and turns the middleware's store failures into 503.
 fn with_session<T, B>(
     state: &DemoState,
+    thread: &ThreadStore,
     resource: actix_web::Resource<T>,
 ) -> impl actix_web::dev::HttpServiceFactory + use<T, B>
 where
@@ -169,7 +197,7 @@ where
             s.idle_timeout.as_secs() as i64,
         ))
         .session_ttl_extension_policy(TtlExtensionPolicy::OnEveryRequest);
-    let middleware = SessionMiddleware::builder(state.store.clone(), state.key.clone())
+    let middleware = SessionMiddleware::builder(thread.store.clone(), state.key.clone())
         .cookie_name(s.cookie_name.clone())
         .cookie_secure(s.cookie_secure)
         .cookie_http_only(true)
@@ -206,13 +234,13 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn healthz(state: web::Data<DemoState>) -> HttpResponse {
-    let up = state.store_up.load(Ordering::Relaxed);
+async fn healthz(state: web::Data<DemoState>, thread: web::Data<ThreadStore>) -> HttpResponse {
+    let up = thread.up.load(Ordering::Relaxed);
     HttpResponse::Ok().json(serde_json::json!({
         "status": if up { "ok" } else { "degraded" },
         "worker_pid": state.worker.pid,
         "worker_id": state.worker.id,
-        "store": { "kind": state.store.kind(), "status": if up { "up" } else { "down" } },
+        "store": { "kind": thread.store.kind(), "status": if up { "up" } else { "down" } },
     }))
 }
 
@@ -292,8 +320,10 @@ async fn login(
     payload: web::Payload,
     session: Session,
     state: web::Data<DemoState>,
+    thread: web::Data<ThreadStore>,
 ) -> Result<HttpResponse, AppError> {
     let creds = read_credentials(&req, payload).await?;
+    let store = &thread.store;
     let user_key = format!("user:{}", creds.username);
     let addr_key = format!(
         "addr:{}",
@@ -302,8 +332,8 @@ async fn login(
     );
     // Both counters live in the shared store, so every worker (and host) sees the same counts.
     let (by_user, by_addr) = (
-        state.store.counter(&user_key).await?,
-        state.store.counter(&addr_key).await?,
+        store.counter(&user_key).await?,
+        store.counter(&addr_key).await?,
     );
     if by_user.count >= USER_FAILURE_LIMIT {
         return Err(retry_after(by_user));
@@ -318,18 +348,12 @@ async fn login(
         .await
         .unwrap_or(false);
     if !ok {
-        let u = state
-            .store
-            .record_failure(&user_key, FAILURE_WINDOW)
-            .await?;
-        state
-            .store
-            .record_failure(&addr_key, FAILURE_WINDOW)
-            .await?;
+        let u = store.record_failure(&user_key, FAILURE_WINDOW).await?;
+        store.record_failure(&addr_key, FAILURE_WINDOW).await?;
         tracing::info!(user = %creds.username, failures = u.count, "failed login");
         return Err(AppError::Unauthorized("invalid username or password"));
     }
-    state.store.clear_counter(&user_key).await?;
+    store.clear_counter(&user_key).await?;
     // A new id at login: a session id planted before login is worthless after it.
     session.renew();
     session

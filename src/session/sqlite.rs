@@ -4,7 +4,8 @@
 //!
 //! Durability: `synchronous=NORMAL` in WAL mode survives any process crash (`kill -9`
 //! included); a power cut can lose the last moments of session writes, which costs those users a
-//! new login. Expired rows are purged by every worker once a minute.
+//! new login. Expired rows are purged by every worker once a minute. A session's expiry is
+//! renewed on use to within 1/30 of the idle timeout (see [`SqliteStore::get`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,9 @@ use super::{Counter, StoreError};
 
 /// File name inside the data dir.
 pub const FILE_NAME: &str = "sessions.sqlite3";
+/// A read renews a session's expiry once it has slipped by 1/30 of the idle timeout (a minute
+/// at the default 30 minutes).
+pub const RENEW_GRANULARITY: i64 = 30;
 /// How often expired rows are deleted.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -144,18 +148,24 @@ impl SqliteStore {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
-    /// The state of a live session, renewing its expiry in the same statement.
+    /// The state of a live session, renewing its expiry. The renewal is written only once the
+    /// expiry has slipped by [`RENEW_GRANULARITY`] of the idle timeout: most reads stay reads,
+    /// which WAL lets run beside the one writer, instead of queueing for the write lock.
     pub async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
         let id = id.to_string();
         let idle = self.idle.as_millis() as i64;
         self.with(move |c| {
             let now = now_ms();
-            c.query_row(
-                "UPDATE sessions SET expires_at_ms = ?2 WHERE id = ?1 AND expires_at_ms > ?3 RETURNING state",
-                params![id, now + idle, now],
-                |r| r.get(0),
-            )
-            .optional()
+            let row: Option<(String, i64)> = c
+                .prepare_cached("SELECT state, expires_at_ms FROM sessions WHERE id = ?1 AND expires_at_ms > ?2")?
+                .query_row(params![id, now], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((state, expires)) = row else { return Ok(None) };
+            if expires < now + idle - idle / RENEW_GRANULARITY {
+                c.prepare_cached("UPDATE sessions SET expires_at_ms = ?2 WHERE id = ?1")?
+                    .execute(params![id, now + idle])?;
+            }
+            Ok(Some(state))
         })
         .await
     }

@@ -203,7 +203,14 @@ impl Redis {
     /// never answers.
     pub fn freeze(&self, frozen: bool) {
         let pid = self.child.as_ref().expect("redis running").id() as i32;
-        signal(pid, if frozen { Signal::SIGSTOP } else { Signal::SIGCONT });
+        signal(
+            pid,
+            if frozen {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            },
+        );
     }
 
     /// Runs one command with redis-cli and returns its raw output.
@@ -611,13 +618,23 @@ impl KeepAlive {
     }
 
     pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        self.send("GET", path, headers, b"")
+    }
+
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         if self.conn.is_none() {
             let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(20)))?;
             self.conn = Some(BufReader::new(s));
         }
         let reader = self.conn.as_mut().unwrap();
-        let result = write_request(reader.get_mut(), "GET", path, headers, b"", true)
+        let result = write_request(reader.get_mut(), method, path, headers, body, true)
             .and_then(|()| read_response(reader));
         match &result {
             Ok(r) if !r.wants_close() => {}
@@ -625,6 +642,23 @@ impl KeepAlive {
         }
         result
     }
+}
+
+/// One kept-alive connection to each of `workers` workers, keyed by worker id: requests on
+/// them reach a known worker, whatever the kernel's accept distribution.
+pub fn connection_per_worker(addr: SocketAddr, workers: usize) -> Vec<(u64, KeepAlive)> {
+    let mut out: Vec<(u64, KeepAlive)> = Vec::new();
+    for _ in 0..500 {
+        let mut conn = KeepAlive::new(addr);
+        let id = conn.get("/healthz", &[]).unwrap().worker().unwrap();
+        if !out.iter().any(|(w, _)| *w == id) {
+            out.push((id, conn));
+            if out.len() == workers {
+                return out;
+            }
+        }
+    }
+    panic!("could not reach {workers} distinct workers in 500 connections");
 }
 
 /// Counts of a request loop.

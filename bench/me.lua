@@ -1,0 +1,12 @@
+-- GET /me with one of the sessions listed in the file named by $COOKIES (one "name=value" per
+-- line), rotating through them: every request is authenticated, the sessions are many.
+local cookies = {}
+for line in io.lines(os.getenv("COOKIES")) do
+  if #line > 0 then cookies[#cookies + 1] = line end
+end
+local i = math.random(#cookies)
+
+function request()
+  i = i % #cookies + 1
+  return wrk.format("GET", "/me", { Cookie = cookies[i] })
+end
