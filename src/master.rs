@@ -23,7 +23,7 @@ use crate::config::ClusterConfig;
 use crate::process::{self, Death, Policy, ProcessError, exit_code};
 use crate::signals::{MasterEvent, Signals};
 use crate::systemd::Notifier;
-use crate::worker::{self, WorkerApp, WorkerSpec};
+use crate::worker::{self, WorkerApp, WorkerSpec, message};
 
 /// Errors that end the master.
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +115,10 @@ struct Worker {
     id: u64,
     pid: Pid,
     started: Instant,
-    /// Read end of the readiness pipe, until the worker wrote its byte or died.
-    ready_pipe: Option<OwnedFd>,
+    /// Read end of the worker's pipe (readiness and health messages) until EOF.
+    pipe: Option<OwnedFd>,
+    /// Last health the worker reported, if it reports any.
+    healthy: Option<bool>,
     ready: bool,
     /// Set when the master asked it to stop: its death is then expected.
     retiring: Option<Retiring>,
@@ -214,7 +216,8 @@ impl<A: WorkerApp> Master<A> {
         self
     }
 
-    /// Something to append to systemd's STATUS line, e.g. which session store is in use.
+    /// What the workers' health reports are about, e.g. "store redis": systemd's STATUS line
+    /// then ends in "store redis ok" or "store redis down on 1/4 workers".
     pub fn with_status(mut self, extra: Box<dyn Fn() -> String>) -> Self {
         self.status_extra = Some(extra);
         self
@@ -222,18 +225,15 @@ impl<A: WorkerApp> Master<A> {
 
     /// Runs until a stop signal has been handled and every worker reaped.
     pub fn run(mut self) -> Result<(), MasterError> {
-        crate::title::set(
-            &format!(
-                "clusterd: master [{}]",
-                self.listener
-                    .local_addr()
-                    .map_or_else(|_| "?".into(), |a| a.to_string())
-            ),
-            "clusterd-master",
-        );
+        let addr = self
+            .listener
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        // Short, so it fits in the original command line (`/usr/local/bin/clusterd`).
+        crate::title::set("clusterd: master", "clusterd-master");
         tracing::info!(
             pid = self.pid.as_raw(),
-            addr = %self.listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+            addr = %addr,
             workers = self.target,
             threads = self.config.threads,
             "master started"
@@ -458,7 +458,8 @@ impl<A: WorkerApp> Master<A> {
                     id,
                     pid,
                     started: Instant::now(),
-                    ready_pipe: Some(read),
+                    pipe: Some(read),
+                    healthy: None,
                     ready: false,
                     retiring: None,
                 });
@@ -660,7 +661,7 @@ impl<A: WorkerApp> Master<A> {
         let ms = timeout.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16;
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
         for w in &self.workers {
-            if let Some(p) = &w.ready_pipe {
+            if let Some(p) = &w.pipe {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
             }
         }
@@ -670,25 +671,37 @@ impl<A: WorkerApp> Master<A> {
 
     fn read_ready_pipes(&mut self) {
         for w in &mut self.workers {
-            let Some(pipe) = w.ready_pipe.take() else {
-                continue;
-            };
+            let Some(pipe) = w.pipe.take() else { continue };
             let mut file = std::fs::File::from(pipe);
-            let mut byte = [0u8; 1];
-            match file.read(&mut byte) {
-                Ok(1) => {
-                    w.ready = true;
-                    tracing::info!(
-                        worker = w.id,
-                        pid = w.pid.as_raw(),
-                        boot_ms = w.started.elapsed().as_millis() as u64,
-                        "worker ready"
-                    );
+            let mut buf = [0u8; 64];
+            let open = loop {
+                match file.read(&mut buf) {
+                    // EOF: the worker is gone (the reaper says why).
+                    Ok(0) => break false,
+                    Ok(n) => {
+                        for &byte in &buf[..n] {
+                            match byte {
+                                message::READY => {
+                                    w.ready = true;
+                                    tracing::info!(
+                                        worker = w.id,
+                                        pid = w.pid.as_raw(),
+                                        boot_ms = w.started.elapsed().as_millis() as u64,
+                                        "worker ready"
+                                    );
+                                }
+                                message::UP => w.healthy = Some(true),
+                                message::DOWN => w.healthy = Some(false),
+                                _ => {}
+                            }
+                        }
+                    }
+                    // WouldBlock: nothing more for now.
+                    Err(_) => break true,
                 }
-                // EOF: it died before it was ready; the reaper reports why.
-                Ok(_) => {}
-                // Nothing yet: keep waiting.
-                Err(_) => w.ready_pipe = Some(file.into()),
+            };
+            if open {
+                w.pipe = Some(file.into());
             }
         }
         let ready = self.live().filter(|w| w.ready).count();
@@ -735,9 +748,23 @@ impl<A: WorkerApp> Master<A> {
         if self.rollout.is_some() {
             s.push_str(", reloading");
         }
-        if let Some(extra) = &self.status_extra {
-            s.push_str(", ");
-            s.push_str(&extra());
+        let reports: Vec<bool> = self.live().filter_map(|w| w.healthy).collect();
+        let label = self
+            .status_extra
+            .as_ref()
+            .map_or_else(|| "app".to_string(), |f| f());
+        if !reports.is_empty() {
+            let down = reports.iter().filter(|ok| !**ok).count();
+            if down == 0 {
+                s.push_str(&format!(", {label} ok"));
+            } else {
+                s.push_str(&format!(
+                    ", {label} down on {down}/{} workers",
+                    reports.len()
+                ));
+            }
+        } else if self.status_extra.is_some() {
+            s.push_str(&format!(", {label}"));
         }
         s
     }

@@ -34,6 +34,60 @@ pub struct WorkerInfo {
     pub id: u64,
     /// The worker's process id.
     pub pid: u32,
+    /// The line to the master, for health reports.
+    pub link: MasterLink,
+}
+
+/// Bytes a worker writes on its pipe to the master. One byte per message, so a write is
+/// atomic whichever thread makes it.
+pub(crate) mod message {
+    /// The server accepts connections.
+    pub const READY: u8 = b'R';
+    /// The app's dependencies answer (e.g. the session store).
+    pub const UP: u8 = b'U';
+    /// The app's dependencies do not answer; the worker serves degraded.
+    pub const DOWN: u8 = b'D';
+}
+
+/// The worker's end of its pipe to the master. The master reads readiness and health from it
+/// (shown in systemd's STATUS line) and EOF when the worker is gone.
+#[derive(Clone)]
+pub struct MasterLink(Arc<LinkInner>);
+
+struct LinkInner {
+    pipe: std::fs::File,
+    /// Last health sent: 0 none yet, else the message byte.
+    last: std::sync::atomic::AtomicU8,
+}
+
+impl std::fmt::Debug for MasterLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterLink").finish_non_exhaustive()
+    }
+}
+
+impl MasterLink {
+    fn new(fd: OwnedFd) -> Self {
+        MasterLink(Arc::new(LinkInner {
+            pipe: fd.into(),
+            last: Default::default(),
+        }))
+    }
+
+    fn send(&self, byte: u8) {
+        // EPIPE (master gone) is harmless: SIGPIPE is ignored and the worker is stopping anyway.
+        if let Err(e) = std::io::Write::write_all(&mut &self.0.pipe, &[byte]) {
+            tracing::debug!(error = %e, "writing to the master's pipe failed");
+        }
+    }
+
+    /// Tells the master whether the app's dependencies answer. Only changes are sent.
+    pub fn report_health(&self, ok: bool) {
+        let byte = if ok { message::UP } else { message::DOWN };
+        if self.0.last.swap(byte, Ordering::Relaxed) != byte {
+            self.send(byte);
+        }
+    }
 }
 
 /// Why an app could not start in a worker. The variant picks the exit code, and so what the
@@ -110,7 +164,11 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         return code;
     }
 
-    let info = WorkerInfo { id: spec.id, pid };
+    let info = WorkerInfo {
+        id: spec.id,
+        pid,
+        link: MasterLink::new(spec.ready),
+    };
     let listener = match spec.listener.try_clone() {
         Ok(l) => l,
         Err(e) => {
@@ -123,7 +181,6 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         spec.app,
         &info,
         listener,
-        spec.ready,
         spec.master,
         spec.threads,
         spec.graceful_timeout,
@@ -151,6 +208,8 @@ fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), String> {
     unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }
         .map_err(|e| format!("ignoring SIGINT: {e}"))?;
     crate::process::close_fds_except(&[spec.listener.as_raw_fd(), spec.ready.as_raw_fd()]);
+    // Only the master may talk to systemd (the unit also says NotifyAccess=main).
+    crate::systemd::forget_in_child();
     // rand 0.9's thread-local generator does not notice fork: reseed it, or two workers could
     // mint the same session ids. (Threads created later seed their own from the OS.)
     rand::rng()
@@ -169,13 +228,12 @@ fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the app state and serves until a stop signal; `ready` is written once the server
+/// Builds the app state and serves until a stop signal; tells the master once the server
 /// accepts.
 async fn serve<A: WorkerApp>(
     app: &A,
     info: &WorkerInfo,
     listener: TcpListener,
-    ready: OwnedFd,
     master: Pid,
     threads: usize,
     graceful_timeout: Duration,
@@ -211,7 +269,7 @@ async fn serve<A: WorkerApp>(
     if let Poll::Ready(result) = first {
         return result.map_err(|e| BootError::Transient(format!("starting the server: {e}")));
     }
-    announce_ready(ready);
+    info.link.send(message::READY);
     tracing::info!(threads, "serving");
 
     let mut stop = pin!(stop);
@@ -300,14 +358,6 @@ impl StopSignals {
             _ = self.hup.recv() => Stop::Graceful,
             _ = self.quit.recv() => Stop::Fast,
         }
-    }
-}
-
-fn announce_ready(ready: OwnedFd) {
-    // One byte, then close: EOF before the byte tells the master the worker died booting.
-    let mut file = std::fs::File::from(ready);
-    if let Err(e) = std::io::Write::write_all(&mut file, b"R") {
-        tracing::warn!(error = %e, "could not tell the master this worker is ready");
     }
 }
 

@@ -137,7 +137,11 @@ impl WorkerApp for DemoApp {
             store,
             up: Arc::new(AtomicBool::new(state.up_at_boot)),
         };
-        spawn_probe(thread.store.clone(), Arc::clone(&thread.up));
+        spawn_probe(
+            thread.store.clone(),
+            Arc::clone(&thread.up),
+            state.worker.link.clone(),
+        );
         cfg.app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(thread.clone()))
             .route("/healthz", web::get().to(healthz))
@@ -164,12 +168,16 @@ impl WorkerApp for DemoApp {
     }
 }
 
-fn spawn_probe(store: Store, up: Arc<AtomicBool>) {
+/// Checks every [`PROBE_EVERY`] that the store answers, for `/healthz` and for the master
+/// (systemd's STATUS line).
+fn spawn_probe(store: Store, up: Arc<AtomicBool>, link: crate::worker::MasterLink) {
     actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         loop {
             tick.tick().await;
-            up.store(store.ping().await.is_ok(), Ordering::Relaxed);
+            let ok = store.ping().await.is_ok();
+            up.store(ok, Ordering::Relaxed);
+            link.report_health(ok);
         }
     });
 }

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Runs inside the booted container (tests/e2e/systemd.sh), after the README's install block:
+# checks clusterd.service the way an operator would. Prints "ok - ..." per check and a closing
+# "N passed, 0 failed"; exits non-zero at the first failure with the journal's tail.
+set -euo pipefail
+URL=http://127.0.0.1:8080
+LOGIN="{\"username\":\"alice\",\"password\":\"$ALICE_PASSWORD\"}"
+PASSED=0
+
+fail() {
+    echo "not ok - $*"
+    systemctl status clusterd --no-pager || true
+    journalctl -u clusterd --no-pager | tail -n 40
+    echo "$PASSED passed, 1 failed"
+    exit 1
+}
+ok() { PASSED=$((PASSED + 1)); echo "ok - $*"; }
+
+main_pid() { systemctl show -p MainPID --value clusterd; }
+workers() { pgrep -P "$(main_pid)" | sort | xargs; }
+n_workers() { pgrep -c -P "$(main_pid)"; }
+code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+# Reads the whole journal before grepping: with pipefail, `grep -q` closing the pipe early
+# would fail the pipeline through journalctl's SIGPIPE.
+journal_has() { journalctl -u clusterd --no-pager -o cat | grep -- "$1" >/dev/null; }
+# wait_for SECONDS WHAT COMMAND...: polls every 100 ms.
+wait_for() {
+    local limit=$1 what=$2
+    shift 2
+    for _ in $(seq $((limit * 10))); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    fail "timed out after ${limit}s waiting for: $what"
+}
+gone() { for p in $1; do [ -d "/proc/$p" ] && return 1; done; return 0; }
+EXPECTED=$(nproc)
+
+# -- the units pass systemd-analyze verify with no output at all (typos only warn)
+out=$(systemd-analyze verify /etc/systemd/system/clusterd.service /etc/systemd/system/clusterd.socket 2>&1)
+[ -z "$out" ] || fail "systemd-analyze verify: $out"
+ok "systemd-analyze verify: no warnings"
+echo "# $(systemd-analyze security --offline=true /etc/systemd/system/clusterd.service 2>&1 | grep 'Overall exposure')"
+
+# -- READY=1 came only when every worker served: the first request right after start works
+[ "$(systemctl is-active clusterd)" = active ] || fail "clusterd is not active"
+[ "$(code "$URL/healthz")" = 200 ] || fail "/healthz right after enable --now"
+[ "$(n_workers)" = "$EXPECTED" ] || fail "$(n_workers) workers, expected $EXPECTED"
+wait_for 5 "status line" bash -c "systemctl show -p StatusText --value clusterd | grep -q '$EXPECTED/$EXPECTED workers ready, 0 restarts, store redis ok'"
+ok "active, $EXPECTED workers serving, status: $(systemctl show -p StatusText --value clusterd)"
+
+# -- login, then the protected route
+curl -sf -c /tmp/jar -H 'content-type: application/json' -d "$LOGIN" "$URL/login" >/dev/null || fail "login"
+curl -sf -b /tmp/jar "$URL/me" | grep -q '"user":"alice"' || fail "/me after login"
+[ "$(code -H 'content-type: application/json' -d '{"username":"alice","password":"wonderland"}' "$URL/login")" = 401 ] \
+    || fail "the demo password must not work under systemd"
+ok "login and protected route; no demo user"
+
+# -- kill -9 a worker: replaced, session still valid on every worker
+before=$(workers)
+victim=${before%% *}
+kill -9 "$victim"
+replaced() { [ "$(n_workers)" = "$EXPECTED" ] && ! workers | grep -qw "$victim"; }
+wait_for 10 "worker $victim replaced" replaced
+for _ in $(seq 20); do [ "$(code -b /tmp/jar "$URL/me")" = 200 ] || fail "/me after worker kill"; done
+journal_has "worker died; respawning" || fail "no death line in the journal"
+journalctl -u clusterd --no-pager -o cat | grep "worker died" | grep "pid=$victim.*SIGKILL" >/dev/null || fail "death line names pid and signal"
+ok "kill -9 worker $victim: replaced, logged, session valid"
+
+# -- systemctl reload under a request loop: every worker replaced, zero failures
+old=$(workers)
+(
+    n=0 f=0
+    end=$((SECONDS + 6))
+    while [ $SECONDS -lt $end ]; do
+        if [ "$(code -b /tmp/jar "$URL/me")" = 200 ]; then n=$((n + 1)); else f=$((f + 1)); fi
+    done
+    echo "$n $f" >/tmp/loop
+) &
+loop=$!
+sleep 1
+systemctl reload clusterd
+wait_for 20 "reload complete" journal_has "reload complete"
+wait_for 20 "old workers gone" gone "$old"
+wait "$loop"
+read -r n f </tmp/loop
+[ "$f" = 0 ] || fail "$f of $((n + f)) requests failed during reload"
+[ "$n" -gt 20 ] || fail "the request loop ran only $n requests"
+for p in $(workers); do echo " $old " | grep -q " $p " && fail "worker $p was not replaced"; done
+ok "systemctl reload: workers $old -> $(workers), $n requests, 0 failed"
+
+# -- systemctl stop with a slow request in flight: it completes
+pad=$(head -c 3000 /dev/zero | tr '\0' ' ')
+body="{\"username\":\"alice\",\"password\":\"$ALICE_PASSWORD\"$pad}"
+(curl -s -o /dev/null -w '%{http_code}' --limit-rate 1000 -H 'content-type: application/json' \
+    -d "$body" "$URL/login" >/tmp/slow) &
+slow=$!
+# In flight once a connection to port 8080 (0x1F90) is established.
+established() { grep -q ':1F90 [0-9A-F]*:[0-9A-F]* 01' /proc/net/tcp; }
+wait_for 5 "slow request connected" established
+systemctl stop clusterd
+wait "$slow"
+[ "$(cat /tmp/slow)" = 200 ] || fail "slow request during stop answered $(cat /tmp/slow)"
+[ "$(systemctl is-active clusterd)" = inactive ] || fail "not inactive after stop"
+journal_has "graceful stop" || fail "no graceful stop line"
+ok "systemctl stop: the 3 s upload in flight completed with 200"
+
+# -- kill -9 the master: systemd restarts the service; the session survives (Redis + shared key)
+systemctl start clusterd
+first=$(main_pid)
+kill -9 "$first"
+restarted() {
+    local p
+    p=$(main_pid)
+    [ "$p" != 0 ] && [ "$p" != "$first" ] && [ "$(systemctl is-active clusterd)" = active ] \
+        && [ "$(code "$URL/healthz")" = 200 ]
+}
+wait_for 20 "systemd restarting clusterd" restarted
+[ "$(systemctl show -p NRestarts --value clusterd)" -ge 1 ] || fail "NRestarts"
+[ "$(code -b /tmp/jar "$URL/me")" = 200 ] || fail "session lost across the master restart"
+ok "kill -9 master $first: restarted as $(main_pid), session still valid"
+
+# -- socket activation: systemd owns the socket, the master adopts it
+systemctl stop clusterd
+systemctl start clusterd.socket
+systemctl start clusterd
+wait_for 10 "adopted socket" journal_has "using the socket passed by systemd"
+[ "$(code -b /tmp/jar "$URL/me")" = 200 ] || fail "/me over the activated socket"
+ok "socket activation"
+
+# -- the journal tells the story, one timestamp per line (journald's own)
+for line in "master started" "worker died" "worker started" "reload complete" "graceful stop" "all workers stopped"; do
+    journal_has "$line" || fail "journal lacks '$line'"
+done
+if journalctl -u clusterd --no-pager -o cat | grep -E '^[0-9]{4}-[0-9]{2}-[0-9]{2}T' >/dev/null; then
+    fail "clusterd adds its own timestamps under journald"
+fi
+ok "journalctl -u clusterd shows start, deaths, respawns, reloads and stop"
+
+echo "$PASSED passed, 0 failed"
