@@ -266,6 +266,8 @@ pub struct Opts {
     pub port: Option<u16>,
     /// Wait for "all workers ready" before returning.
     pub wait_ready: bool,
+    /// A program that runs clusterd (e.g. `systemd-socket-activate -l ADDR`).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for Opts {
@@ -277,6 +279,7 @@ impl Default for Opts {
             data: None,
             port: None,
             wait_ready: true,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -305,6 +308,10 @@ impl Opts {
         self.port = Some(p);
         self
     }
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -317,7 +324,14 @@ impl Clusterd {
         let port = opts.port.unwrap_or_else(free_port);
         let data = opts.data.clone().unwrap_or_else(|| dir.path().join("data"));
         let log = dir.path().join("clusterd.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--workers")

@@ -1,0 +1,286 @@
+//! systemd integration without systemd: the test plays the service manager (a datagram socket in
+//! `NOTIFY_SOCKET`, reading each sender's credentials), socket activation through
+//! `systemd-socket-activate`, and the privilege drop when started as root.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt::PassCred,
+};
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(15);
+
+/// A fake service manager: collects (sender pid, datagram) pairs.
+struct Manager {
+    path: std::path::PathBuf,
+    messages: Arc<Mutex<Vec<(i32, String)>>>,
+    _dir: TempDir,
+}
+
+impl Manager {
+    fn start() -> Self {
+        let dir = TempDir::new("notify");
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        // Have the kernel attach every sender's pid, whether it sends credentials or not.
+        setsockopt(&sock, PassCred, &true).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let out = Arc::clone(&messages);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Bounded: the thread ends with the test process at the latest after two minutes.
+            let end = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < end {
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let mut space = nix::cmsg_space!(UnixCredentials);
+                let Ok(msg) = recvmsg::<()>(
+                    sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::empty(),
+                ) else {
+                    continue;
+                };
+                let mut pid = 0;
+                for c in msg.cmsgs().into_iter().flatten() {
+                    if let ControlMessageOwned::ScmCredentials(cred) = c {
+                        pid = cred.pid();
+                    }
+                }
+                let n = msg.bytes;
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                out.lock().unwrap().push((pid, text));
+            }
+        });
+        Manager {
+            path,
+            messages,
+            _dir: dir,
+        }
+    }
+
+    fn all(&self) -> Vec<(i32, String)> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Index of the first message at or after `from` that contains `needle`.
+    fn wait(&self, from: usize, needle: &str) -> usize {
+        eventually(T, &format!("a notification with {needle:?}"), || {
+            self.all()
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, (_, m))| m.contains(needle))
+                .map(|(i, _)| i)
+        })
+    }
+}
+
+#[test]
+fn the_master_alone_notifies_ready_status_reloading_watchdog_and_stopping() {
+    let m = Manager::start();
+    let dir = TempDir::new("notify-flag");
+    let flag = dir.path().join("fail");
+    let mut c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .no_wait()
+            .env("NOTIFY_SOCKET", m.path.to_str().unwrap())
+            .env("WATCHDOG_USEC", "400000")
+            .env("CLUSTERD_TEST_BOOT_EXIT_FILE", flag.to_str().unwrap()),
+    );
+
+    // READY=1 only once every worker serves.
+    let ready = m.wait(0, "READY=1");
+    let served = c.log_lines("worker ready").len();
+    assert_eq!(
+        served,
+        2,
+        "READY=1 came when {served} of 2 workers were ready:\n{}",
+        c.log_text()
+    );
+    assert!(c.log_text().contains("all workers ready"));
+    assert!(
+        m.all()[..ready].iter().all(|(_, t)| !t.contains("READY=1")),
+        "no early READY"
+    );
+    m.wait(0, "STATUS=2/2 workers ready, 0 restarts, store sqlite ok");
+
+    // The watchdog is petted while the loop turns and workers serve.
+    let w = m.wait(ready, "WATCHDOG=1");
+    m.wait(w + 1, "WATCHDOG=1");
+
+    // HUP: RELOADING=1 with the monotonic timestamp, then READY=1 again.
+    let before = m.all().len();
+    c.signal(Signal::SIGHUP);
+    let reloading = m.wait(before, "RELOADING=1");
+    assert!(
+        m.all()[reloading].1.contains("MONOTONIC_USEC="),
+        "{:?}",
+        m.all()[reloading]
+    );
+    m.wait(reloading, "READY=1");
+
+    // A restart shows in the status line (once the retired workers are gone, so the victim is
+    // a serving one).
+    c.wait_log(T, "reload complete");
+    c.wait_log_count(T, "worker stopped", 2);
+    let victim = c.workers()[0];
+    signal(victim, Signal::SIGKILL);
+    m.wait(0, "1 restarts");
+
+    // No worker serving: no watchdog pings (systemd would restart the service).
+    std::fs::write(&flag, "3").unwrap();
+    for w in c.workers() {
+        signal(w, Signal::SIGKILL);
+    }
+    eventually(T, "no worker left", || c.workers().is_empty().then_some(()));
+    std::thread::sleep(Duration::from_millis(300));
+    let quiet_from = m.all().len();
+    std::thread::sleep(Duration::from_millis(1000));
+    let pings = m.all()[quiet_from..]
+        .iter()
+        .filter(|(_, t)| t.contains("WATCHDOG=1"))
+        .count();
+    assert_eq!(pings, 0, "watchdog petted while no worker serves");
+    std::fs::remove_file(&flag).unwrap();
+    let back = m.all().len();
+    m.wait(back, "WATCHDOG=1");
+
+    // TERM: STOPPING=1.
+    let before = m.all().len();
+    c.signal(Signal::SIGTERM);
+    m.wait(before, "STOPPING=1");
+    assert_eq!(c.wait_exit(T), Some(0));
+
+    // Every datagram came from the master.
+    let master = c.pid();
+    for (pid, text) in m.all() {
+        assert_eq!(
+            pid, master,
+            "a notification from pid {pid}, not the master: {text:?}"
+        );
+    }
+}
+
+#[test]
+fn socket_activation_adopts_the_passed_socket() {
+    let port = free_port();
+    // systemd-socket-activate listens, and starts clusterd (with the socket as fd 3) when the
+    // first connection arrives; that connection waits in the backlog and is served.
+    let c = Clusterd::start(Opts::default().workers(2).port(port).no_wait().wrapped(&[
+        "systemd-socket-activate",
+        "-l",
+        &format!("127.0.0.1:{port}"),
+    ]));
+    let first = eventually(T, "the first connection served", || {
+        request(c.addr, "GET", "/healthz", &[], b"").ok()
+    });
+    assert_eq!(first.status, 200);
+    c.wait_log(T, "all workers ready");
+    assert!(
+        c.log_text().contains("using the socket passed by systemd"),
+        "{}",
+        c.log_text()
+    );
+    let cookie = c.login("alice", "wonderland");
+    let r = request(c.addr, "GET", "/me", &[("cookie", &cookie)], b"").unwrap();
+    assert_eq!(r.status, 200);
+    // A reload keeps serving on the adopted socket (new workers inherit it from the master).
+    c.signal(Signal::SIGHUP);
+    c.wait_log(T, "reload complete");
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+#[test]
+fn listen_fds_for_another_process_are_ignored() {
+    // LISTEN_PID names someone else: clusterd binds --bind itself and leaves fd 3 alone.
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(1)
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_PID", "1"),
+    );
+    assert!(!c.log_text().contains("passed by systemd"));
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+/// The privilege drop can only be shown by root, so this test is opt-in: CI runs it as root
+/// with `cargo test -- --include-ignored`.
+#[test]
+#[ignore = "needs root: run `cargo test -- --include-ignored` as root (CI does)"]
+fn workers_drop_to_the_given_user_with_no_capabilities() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root"
+    );
+    let port = (600..1000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 1024");
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .port(port)
+            .arg("--user")
+            .arg("nobody")
+            .arg("--group")
+            .arg("nogroup"),
+    );
+    let status = |pid: i32, key: &str| -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)
+                    .map(|v| v.split_whitespace().next().unwrap().to_string())
+            })
+            .unwrap()
+    };
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw()
+        .to_string();
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw()
+        .to_string();
+    assert_eq!(
+        status(c.pid(), "Uid:"),
+        "0",
+        "the master stays root (it bound port {port})"
+    );
+    let workers = c.workers();
+    for w in &workers {
+        assert_eq!(status(*w, "Uid:"), nobody);
+        assert_eq!(status(*w, "Gid:"), nogroup);
+        assert_eq!(status(*w, "CapEff:"), "0000000000000000");
+        assert_eq!(status(*w, "CapPrm:"), "0000000000000000");
+    }
+    // Serving and writing the embedded store as nobody.
+    let cookie = c.login("alice", "wonderland");
+    assert_eq!(
+        request(c.addr, "GET", "/me", &[("cookie", &cookie)], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    // The parent-death signal survives the drop (it is armed after it).
+    c.signal(Signal::SIGKILL);
+    eventually(
+        Duration::from_secs(2),
+        "workers gone after the master's SIGKILL",
+        || workers.iter().all(|w| !alive(*w)).then_some(()),
+    );
+}
