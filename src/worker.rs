@@ -123,7 +123,7 @@ pub(crate) struct WorkerSpec<'a, A> {
     pub id: u64,
     pub app: &'a A,
     pub listener: &'a TcpListener,
-    /// Write end of this worker's readiness pipe; the master holds the read end.
+    /// Write end of this worker's pipe to the master (readiness, health); the master reads.
     pub ready: OwnedFd,
     pub master: Pid,
     pub threads: usize,

@@ -128,6 +128,8 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: TempDir,
+    /// Extra configuration directives, as redis-server arguments.
+    extra: Vec<String>,
 }
 
 fn redis_binary() -> PathBuf {
@@ -148,10 +150,16 @@ fn redis_binary() -> PathBuf {
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra directives, one word per argument: `["--user", "app", "on", ">pw"]`.
+    pub fn start_with(extra: &[&str]) -> Self {
         let mut r = Redis {
             port: free_port(),
             child: None,
             dir: TempDir::new("redis"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.restart();
         r
@@ -177,6 +185,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)

@@ -129,6 +129,42 @@ fn session_survives_worker_kill_reload_and_restart_in_the_embedded_store() {
 }
 
 #[test]
+fn redis_acl_user_database_and_prefix_come_from_the_configuration() {
+    // The ACL user may touch only keys under app:, so a wrong prefix or a failed AUTH shows.
+    let redis = Redis::start_with(&["--user", "clusterd", "on", ">s3cret", "~app:*", "+@all"]);
+    let url = format!("redis://clusterd:s3cret@127.0.0.1:{}/2", redis.port);
+    let c = Clusterd::start(
+        Opts::default()
+            .arg("--redis-url")
+            .arg(&url)
+            .arg("--session-prefix")
+            .arg("app:session:"),
+    );
+    assert!(
+        !c.log_text().contains("s3cret"),
+        "the password stays out of the log"
+    );
+    let cookie = c.login("alice", "wonderland");
+    assert_logged_in_everywhere(&c, &cookie);
+    let keys = redis.cli(&["-n", "2", "--raw", "KEYS", "app:session:*"]);
+    assert_eq!(
+        keys.lines().filter(|l| !l.is_empty()).count(),
+        1,
+        "one session in database 2: {keys}"
+    );
+    assert!(redis.keys("*").is_empty(), "nothing in database 0");
+    // The same user with a prefix outside its key pattern is refused: 503, not a 500 or a hang.
+    let wrong = Clusterd::start(Opts::default().arg("--redis-url").arg(&url));
+    let r = post(
+        &wrong,
+        "/login",
+        &[JSON],
+        br#"{"username":"alice","password":"wonderland"}"#,
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+}
+
+#[test]
 fn another_host_sharing_redis_and_the_key_sees_the_login() {
     let redis = Redis::start();
     let dir = TempDir::new("shared-key");
