@@ -164,6 +164,142 @@ fn redis_acl_user_database_and_prefix_come_from_the_configuration() {
     assert_eq!(r.status, 503, "{}", r.text());
 }
 
+/// Runs openssl; the TLS test makes its own CA and server certificate with it.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl not found: install it with `apt-get install -y openssl`");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rediss_urls_speak_tls_and_verify_the_server() {
+    let dir = TempDir::new("tls");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=clusterd test CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=another CA",
+        ],
+    );
+    let tls_port = free_port().to_string();
+    let path = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let (crt, key, ca) = (path("srv.crt"), path("srv.key"), path("ca.crt"));
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &crt,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}/0");
+    // rustls trusts the CAs in SSL_CERT_FILE (as the system store would hold a real one).
+    let c = Clusterd::start(
+        Opts::default()
+            .arg("--redis-url")
+            .arg(&url)
+            .env("SSL_CERT_FILE", &ca),
+    );
+    let cookie = c.login("alice", "wonderland");
+    assert_logged_in_everywhere(&c, &cookie);
+    assert_eq!(
+        redis.keys("clusterd:session:*").len(),
+        1,
+        "the session went over TLS into Redis"
+    );
+    // A server whose certificate does not chain to a trusted CA is refused.
+    let untrusted = Clusterd::start(
+        Opts::default()
+            .arg("--redis-url")
+            .arg(&url)
+            .env("SSL_CERT_FILE", path("other.crt")),
+    );
+    let r = post(
+        &untrusted,
+        "/login",
+        &[JSON],
+        br#"{"username":"alice","password":"wonderland"}"#,
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+}
+
 #[test]
 fn another_host_sharing_redis_and_the_key_sees_the_login() {
     let redis = Redis::start();
