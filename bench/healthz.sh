@@ -2,7 +2,7 @@
 # /healthz throughput with one worker per CPU, next to a single-process actix-web server with
 # one thread per CPU (examples/ceiling.rs, the ceiling); how requests spread across workers; and
 # the failed requests of a HUP rolling restart under the same load.
-# Usage: bench/healthz.sh   (DURATION, CONNECTIONS, WRK_THREADS override the load)
+# Usage: bench/healthz.sh   (DURATION, CONNECTIONS, WRK_THREADS, RUNS override the defaults)
 source "$(dirname "$0")/lib.sh"
 need wrk curl
 build
@@ -14,12 +14,14 @@ start ceiling "$ROOT/target/release/examples/ceiling" "127.0.0.1:$P2"
 wait_http "http://127.0.0.1:$P1/healthz"; wait_http "http://127.0.0.1:$P2/healthz"
 
 echo "machine: $(machine)"
-echo "load: wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s"
-wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$P1/healthz" >"$WORK/clusterd.wrk"
-wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$P2/healthz" >"$WORK/ceiling.wrk"
-printf '%-34s %10s %8s %8s %7s %7s\n' "server" "req/s" "p50" "p99" "errors" "non2xx"
-printf '%-34s %10s %8s %8s %7s %7s\n' "clusterd, $(nproc) workers x 1 thread" $(wrk_summary "$WORK/clusterd.wrk")
-printf '%-34s %10s %8s %8s %7s %7s\n' "actix-web, 1 process x $(nproc) threads" $(wrk_summary "$WORK/ceiling.wrk")
+echo "load: wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $RUNS runs each, interleaved"
+for _ in $(seq "$RUNS"); do
+    run_wrk clusterd "http://127.0.0.1:$P1/healthz"
+    run_wrk ceiling "http://127.0.0.1:$P2/healthz"
+done
+report_header
+report clusterd "clusterd, $(nproc) workers x 1 thread"
+report ceiling "actix-web, 1 process x $(nproc) threads"
 
 echo
 echo "spread across workers (share of responses by x-clusterd-worker, 5 s):"

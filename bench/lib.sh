@@ -6,6 +6,7 @@ BIN="$ROOT/target/release/clusterd"
 WORK=$(mktemp -d /tmp/clusterd-bench.XXXXXX)
 GROUPS_STARTED=()
 DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
 CONNECTIONS=${CONNECTIONS:-50}
 WRK_THREADS=${WRK_THREADS:-2}
 
@@ -64,4 +65,34 @@ wrk_summary() {
     errors=$(awk '/Socket errors/{gsub(",","");print $4+$6+$8+$10}' "$f")
     non2xx=$(awk '/Non-2xx/{print $5}' "$f")
     echo "${rps:-?} ${p50:-?} ${p99:-?} ${errors:-0} ${non2xx:-0}"
+}
+
+# run_wrk KEY URL [COOKIES]: one wrk run at the configured load, kept as $WORK/KEY.<n>.wrk.
+# With COOKIES (a file of "name=value" lines) every request is an authenticated GET /me.
+run_wrk() {
+    local key=$1 url=$2 cookies=${3:-} n=1
+    while [ -e "$WORK/$key.$n.wrk" ]; do n=$((n + 1)); done
+    if [ -n "$cookies" ]; then
+        COOKIES=$cookies wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+            -s "$ROOT/bench/me.lua" "$url" >"$WORK/$key.$n.wrk"
+    else
+        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$WORK/$key.$n.wrk"
+    fi
+}
+
+# report_header / report KEY LABEL: the median run of KEY (by req/s) with its latencies, every
+# run's req/s, and the errors and non-2xx answers summed over all runs.
+report_header() {
+    printf '%-46s %10s %9s %9s %6s %6s  %s\n' "server" "req/s" "p50" "p99" "errors" "non2xx" "all runs (req/s)"
+}
+report() {
+    local key=$1 label=$2 f rows median
+    rows=$(for f in "$WORK/$key".*.wrk; do echo "$(wrk_summary "$f") $f"; done | sort -n -k1)
+    median=$(echo "$rows" | sed -n "$(( ($(echo "$rows" | wc -l) + 1) / 2 ))p")
+    read -r rps p50 p99 _ _ _ <<<"$median"
+    local errors non2xx runs
+    errors=$(echo "$rows" | awk '{s+=$4} END {print s}')
+    non2xx=$(echo "$rows" | awk '{s+=$5} END {print s}')
+    runs=$(echo "$rows" | awk '{printf "%s%.0f", (NR>1?" ":""), $1}')
+    printf '%-46s %10.0f %9s %9s %6s %6s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors" "$non2xx" "$runs"
 }

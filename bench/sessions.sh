@@ -34,19 +34,17 @@ login() { # port -> cookies file
     echo "$f"
 }
 
+C1=$(login "$P1"); C2=$(login "$P2"); C3=$(login "$P3")
 echo "machine: $(machine)"
-echo "load: wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) workers each, redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2), node $(node --version)"
-printf '%-44s %10s %9s %9s %7s %7s\n' "server, route" "req/s" "p50" "p99" "errors" "non2xx"
-run() { # label url [cookies]
-    local out="$WORK/$RANDOM.wrk"
-    if [ -n "${3:-}" ]; then
-        COOKIES=$3 wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/bench/me.lua" "$2" >"$out"
-    else
-        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$2" >"$out"
-    fi
-    printf '%-44s %10s %9s %9s %7s %7s\n' "$1" $(wrk_summary "$out")
-}
-run "clusterd, /healthz (no session)" "http://127.0.0.1:$P1/healthz"
-run "clusterd + Redis store, /me" "http://127.0.0.1:$P1" "$(login "$P1")"
-run "clusterd + embedded SQLite store, /me" "http://127.0.0.1:$P2" "$(login "$P2")"
-run "Node cluster + express-session + Redis, /me" "http://127.0.0.1:$P3" "$(login "$P3")"
+echo "load: wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $RUNS runs each, interleaved; $(nproc) workers each, redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2), node $(node --version)"
+for _ in $(seq "$RUNS"); do
+    run_wrk healthz "http://127.0.0.1:$P1/healthz"
+    run_wrk redis "http://127.0.0.1:$P1" "$C1"
+    run_wrk sqlite "http://127.0.0.1:$P2" "$C2"
+    run_wrk node "http://127.0.0.1:$P3" "$C3"
+done
+report_header
+report healthz "clusterd, /healthz (no session)"
+report redis "clusterd + Redis store, /me"
+report sqlite "clusterd + embedded SQLite store, /me"
+report node "Node cluster + express-session + Redis, /me"
