@@ -335,6 +335,14 @@ impl Clusterd {
         let log = dir.path().join("clusterd.log");
         let mut cmd = match opts.wrapper.split_first() {
             Some((program, args)) => {
+                let found = std::env::var("PATH")
+                    .unwrap_or_default()
+                    .split(':')
+                    .any(|d| Path::new(d).join(program).is_file());
+                assert!(
+                    found,
+                    "{program} not found: install it (apt-get install -y systemd)"
+                );
                 let mut c = Command::new(program);
                 c.args(args).arg(BIN);
                 c

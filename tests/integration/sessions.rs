@@ -718,6 +718,23 @@ fn bad_input_gets_a_clear_4xx() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let r = read_response(&mut std::io::BufReader::new(s)).unwrap();
     assert_eq!(r.status, 413);
+    // Bytes that are not HTTP get actix's bare 400 and a closed connection.
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+        std::io::Write::write_all(&mut s, raw).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let r = read_response(&mut std::io::BufReader::new(s)).unwrap();
+        assert!(
+            (400..500).contains(&r.status),
+            "{:?}: {}",
+            String::from_utf8_lossy(raw),
+            r.status
+        );
+    }
     // Nothing above was a crash.
     assert!(c.log_lines("worker died").is_empty(), "{}", c.log_text());
 }
