@@ -55,7 +55,8 @@ pub(crate) mod message {
 pub struct MasterLink(Arc<LinkInner>);
 
 struct LinkInner {
-    pipe: std::fs::File,
+    /// `None` for a detached link (an app run outside clusterd's master, e.g. in tests).
+    pipe: Option<std::fs::File>,
     /// Last health sent: 0 none yet, else the message byte.
     last: std::sync::atomic::AtomicU8,
 }
@@ -69,14 +70,24 @@ impl std::fmt::Debug for MasterLink {
 impl MasterLink {
     fn new(fd: OwnedFd) -> Self {
         MasterLink(Arc::new(LinkInner {
-            pipe: fd.into(),
+            pipe: Some(fd.into()),
+            last: Default::default(),
+        }))
+    }
+
+    /// A link to no master: reports go nowhere. For running a [`WorkerApp`] on its own, as
+    /// the app's tests do.
+    pub fn detached() -> Self {
+        MasterLink(Arc::new(LinkInner {
+            pipe: None,
             last: Default::default(),
         }))
     }
 
     fn send(&self, byte: u8) {
+        let Some(pipe) = &self.0.pipe else { return };
         // EPIPE (master gone) is harmless: SIGPIPE is ignored and the worker is stopping anyway.
-        if let Err(e) = std::io::Write::write_all(&mut &self.0.pipe, &[byte]) {
+        if let Err(e) = std::io::Write::write_all(&mut &*pipe, &[byte]) {
             tracing::debug!(error = %e, "writing to the master's pipe failed");
         }
     }
@@ -177,14 +188,16 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         }
     };
     let system = actix_web::rt::System::new();
-    let result = system.block_on(serve(
-        spec.app,
-        &info,
-        listener,
-        spec.master,
-        spec.threads,
-        spec.graceful_timeout,
-    ));
+    let (app, master, threads, graceful) =
+        (spec.app, spec.master, spec.threads, spec.graceful_timeout);
+    let result = system.block_on(async {
+        // Installed before the app boots (signal handlers need the runtime), so that a TERM
+        // during a slow boot is a clean exit rather than the default action.
+        let stop = StopSignals::install()
+            .map_err(|e| BootError::Transient(format!("installing signal handlers: {e}")))?
+            .wait(master);
+        serve(app, &info, listener, threads, graceful, stop).await
+    });
     match result {
         Ok(()) => exit_code::OK,
         Err(BootError::Transient(e)) => {
@@ -228,20 +241,16 @@ fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the app state and serves until a stop signal; tells the master once the server
-/// accepts.
+/// Builds the app state and serves on `listener` until `stop` resolves; tells the master once
+/// the server accepts. The stop is injected: the worker passes its signals, a test its own.
 async fn serve<A: WorkerApp>(
     app: &A,
     info: &WorkerInfo,
     listener: TcpListener,
-    master: Pid,
     threads: usize,
     graceful_timeout: Duration,
+    stop: impl Future<Output = Stop>,
 ) -> Result<(), BootError> {
-    // Installed before the app boots, so that a TERM during a slow boot is a clean exit.
-    let stop = StopSignals::install()
-        .map_err(|e| BootError::Transient(format!("installing signal handlers: {e}")))?
-        .wait(master);
     let state = app.init(info).await?;
     let draining = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&draining);
@@ -390,5 +399,108 @@ mod test_hooks {
     pub fn boot_exit_code() -> Option<i32> {
         let path = std::env::var_os("CLUSTERD_TEST_BOOT_EXIT_FILE")?;
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+
+    struct Pong;
+
+    impl WorkerApp for Pong {
+        type State = ();
+
+        async fn init(&self, _: &WorkerInfo) -> Result<(), BootError> {
+            Ok(())
+        }
+
+        fn configure(_: &(), cfg: &mut web::ServiceConfig) {
+            cfg.route("/", web::get().to(|| async { "pong" }));
+        }
+    }
+
+    /// One keep-alive request; returns the head (lowercased) and the body.
+    fn get(conn: &mut BufReader<TcpStream>) -> (String, String) {
+        conn.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            conn.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0; len];
+        conn.read_exact(&mut body).unwrap();
+        (head, String::from_utf8(body).unwrap())
+    }
+
+    #[test]
+    fn serve_runs_until_the_injected_stop_and_closes_keep_alive_while_draining() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Stop>();
+        let server = std::thread::spawn(move || {
+            let info = WorkerInfo {
+                id: 7,
+                pid: std::process::id(),
+                link: MasterLink::detached(),
+            };
+            let stop = async { rx.await.unwrap_or(Stop::Fast) };
+            actix_web::rt::System::new().block_on(serve(
+                &Pong,
+                &info,
+                listener,
+                1,
+                Duration::from_secs(5),
+                stop,
+            ))
+        });
+        // The socket is bound before serve starts, so connecting cannot race it.
+        let mut conn = BufReader::new(TcpStream::connect(addr).unwrap());
+        let (head, body) = get(&mut conn);
+        assert_eq!(body, "pong");
+        assert!(head.contains("x-clusterd-worker: 7"), "{head}");
+        assert!(
+            !head.contains("connection: close"),
+            "keep-alive while serving: {head}"
+        );
+
+        tx.send(Stop::Graceful).unwrap();
+        // Draining starts when the stop resolves; from then on responses close the connection.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (head, body) = get(&mut conn);
+            assert_eq!(
+                body, "pong",
+                "requests on an open connection are still served"
+            );
+            if head.contains("connection: close") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never started draining"
+            );
+        }
+        assert!(server.join().unwrap().is_ok());
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "the listener is closed after the stop"
+        );
     }
 }

@@ -242,6 +242,8 @@ fn hup_replaces_every_worker_without_a_failed_request() {
         &stats.failed[..stats.failed.len().min(5)]
     );
     assert!(stats.ok > 50, "the loop ran: {}", stats.ok);
+    // Four processes logged at once during the reload: no line was torn.
+    assert_whole_lines(&c.log_text());
     assert!(
         c.log_lines("did not stop in time").is_empty(),
         "old workers stopped by themselves:\n{}",

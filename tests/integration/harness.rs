@@ -502,6 +502,23 @@ impl Drop for Clusterd {
     }
 }
 
+/// Asserts every log line is one whole event: timestamp, level, role tag. Lines of different
+/// processes that interleaved mid-line would break this shape.
+pub fn assert_whole_lines(log: &str) {
+    for line in log.lines() {
+        let mut words = line.split_whitespace();
+        let ts = words.next().unwrap_or_default();
+        let level = words.next().unwrap_or_default();
+        let rest = line.split_once(level).map_or("", |(_, r)| r.trim_start());
+        let ok = ts.len() >= 20
+            && ts.ends_with('Z')
+            && ts.as_bytes()[10] == b'T'
+            && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level)
+            && (rest.starts_with("[master] ") || rest.starts_with("[worker "));
+        assert!(ok, "not a whole log line: {line:?}");
+    }
+}
+
 // ---- HTTP -----------------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
