@@ -23,7 +23,23 @@ use clusterd::{privileges, socket};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print and exit 0 as clap does.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line naming the option (clap's first), not its usage block.
+            let text = e.render().to_string();
+            eprintln!(
+                "clusterd: {}",
+                text.lines()
+                    .next()
+                    .unwrap_or("invalid command line")
+                    .trim_start_matches("error: ")
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Some(Command::HashPassword) = cli.command {
         return hash_password();
     }
@@ -65,7 +81,12 @@ fn run(
         .context("resolving --user/--group")
         .map_err(fail(EXIT_CONFIG))?;
 
-    // Everything the workers share is prepared here, once, before the first fork.
+    // Everything the workers share is prepared here, once, before the first fork. Files that
+    // are only read come first, so a bad one stops the start before anything is created.
+    let users = Users::load(session.users_file.as_deref())
+        .context("loading users")
+        .map_err(fail(EXIT_CONFIG))?;
+
     key::prepare_data_dir(&session.data_dir, credentials, session.redis_url.is_none())
         .context("preparing the data dir")
         .map_err(fail(EXIT_CONFIG))?;
@@ -80,9 +101,6 @@ fn run(
             "using a generated cookie key; hosts that share sessions must share one key: copy it and pass --session-key-file"
         ),
     }
-    let users = Users::load(session.users_file.as_deref())
-        .context("loading users")
-        .map_err(fail(EXIT_CONFIG))?;
     if users.is_demo() {
         tracing::warn!(
             "no --users file: the demo user alice / wonderland can log in; do not run like this in production"
