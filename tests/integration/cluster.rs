@@ -251,16 +251,29 @@ fn hup_replaces_every_worker_without_a_failed_request() {
     );
 }
 
-/// actix's request-handling threads in a process (actix names them "actix-rt|system:N|arbiter:M", cut to 15 bytes).
+/// actix's request-handling threads in a process (actix names them "actix-rt|system:N|arbiter:M",
+/// cut to 15 bytes), once the count is steady: a thread such a thread creates carries its
+/// parent's name for the moment before it names itself, so one sample can count one too many.
 fn server_threads(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.starts_with("actix-rt|system"))
-        })
-        .count()
+    let sample = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("actix-rt|system"))
+            })
+            .count()
+    };
+    eventually(T, "a steady thread count", || {
+        let n = sample();
+        (0..3)
+            .all(|_| {
+                std::thread::sleep(Duration::from_millis(30));
+                sample() == n
+            })
+            .then_some(n)
+    })
 }
 
 #[test]
