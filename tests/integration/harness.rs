@@ -436,7 +436,7 @@ impl Clusterd {
                     self.log_text()
                 );
             }
-            if let Ok(Some(status)) = self.child_status() {
+            if let Some(status) = self.child_status() {
                 panic!(
                     "clusterd exited ({status}) while waiting for {needle:?}; log:\n{}",
                     self.log_text()
@@ -446,12 +446,15 @@ impl Clusterd {
         }
     }
 
-    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        // try_wait needs &mut; peek through /proc instead to keep &self.
-        if alive(self.pid()) {
-            Ok(None)
-        } else {
-            Ok(Some(std::process::ExitStatus::default()))
+    /// How the master ended, if it has: peeked with `waitid(WNOWAIT)`, so it stays reapable
+    /// by `wait_exit` and Drop.
+    fn child_status(&self) -> Option<String> {
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(Pid::from_raw(self.pid())), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Some(format!("exit code {code}")),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("killed by {sig}")),
+            _ => None,
         }
     }
 
