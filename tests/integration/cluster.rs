@@ -61,6 +61,14 @@ fn every_worker_serves_and_ps_tells_them_apart() {
 }
 
 #[test]
+fn serves_on_ipv6_loopback() {
+    let c = Clusterd::start(Opts::default().workers(2).ipv6());
+    assert!(c.addr.is_ipv6());
+    assert_eq!(c.get("/healthz").status, 200);
+    assert!(c.log_text().contains("addr=[::1]:"), "{}", c.log_text());
+}
+
+#[test]
 fn a_killed_worker_is_replaced_and_reaped() {
     let c = Clusterd::start(Opts::default().workers(2));
     let before = c.workers();

@@ -277,6 +277,8 @@ pub struct Opts {
     pub wait_ready: bool,
     /// A program that runs clusterd (e.g. `systemd-socket-activate -l ADDR`).
     pub wrapper: Vec<String>,
+    /// Listen on [::1] instead of 127.0.0.1.
+    pub ipv6: bool,
 }
 
 impl Default for Opts {
@@ -289,6 +291,7 @@ impl Default for Opts {
             port: None,
             wait_ready: true,
             wrapper: Vec::new(),
+            ipv6: false,
         }
     }
 }
@@ -321,6 +324,10 @@ impl Opts {
         self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
         self
     }
+    pub fn ipv6(mut self) -> Self {
+        self.ipv6 = true;
+        self
+    }
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -349,8 +356,13 @@ impl Clusterd {
             }
             None => Command::new(BIN),
         };
+        let addr: SocketAddr = if opts.ipv6 {
+            (std::net::Ipv6Addr::LOCALHOST, port).into()
+        } else {
+            ([127, 0, 0, 1], port).into()
+        };
         cmd.arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(addr.to_string())
             .arg("--workers")
             .arg(opts.workers.to_string())
             .arg("--data-dir")
@@ -381,7 +393,7 @@ impl Clusterd {
         let child = cmd.spawn().expect("starting clusterd");
         let c = Clusterd {
             port,
-            addr: ([127, 0, 0, 1], port).into(),
+            addr,
             child,
             log,
             data,
