@@ -153,7 +153,7 @@ fn run(
         .map_err(fail(1))?
         .with_reload(reload)
         .with_credentials(credentials)
-        .with_status(Box::new(move || store_kind.to_string()))
+        .with_health_label(store_kind)
         .run()
         .map_err(|e| Failure {
             code: master::exit_code_for(&e) as u8,

@@ -163,7 +163,7 @@ pub struct Master<A: WorkerApp> {
     restarts: u64,
     all_ready: bool,
     announced_ready: bool,
-    status_extra: Option<Box<dyn Fn() -> String>>,
+    health_label: Option<String>,
 }
 
 impl<A: WorkerApp> Master<A> {
@@ -194,7 +194,7 @@ impl<A: WorkerApp> Master<A> {
             restarts: 0,
             all_ready: false,
             announced_ready: false,
-            status_extra: None,
+            health_label: None,
         })
     }
 
@@ -218,8 +218,8 @@ impl<A: WorkerApp> Master<A> {
 
     /// What the workers' health reports are about, e.g. "store redis": systemd's STATUS line
     /// then ends in "store redis ok" or "store redis down on 1/4 workers".
-    pub fn with_status(mut self, extra: Box<dyn Fn() -> String>) -> Self {
-        self.status_extra = Some(extra);
+    pub fn with_health_label(mut self, label: impl Into<String>) -> Self {
+        self.health_label = Some(label.into());
         self
     }
 
@@ -749,10 +749,7 @@ impl<A: WorkerApp> Master<A> {
             s.push_str(", reloading");
         }
         let reports: Vec<bool> = self.live().filter_map(|w| w.healthy).collect();
-        let label = self
-            .status_extra
-            .as_ref()
-            .map_or_else(|| "app".to_string(), |f| f());
+        let label = self.health_label.as_deref().unwrap_or("app");
         if !reports.is_empty() {
             let down = reports.iter().filter(|ok| !**ok).count();
             if down == 0 {
@@ -763,7 +760,7 @@ impl<A: WorkerApp> Master<A> {
                     reports.len()
                 ));
             }
-        } else if self.status_extra.is_some() {
+        } else if self.health_label.is_some() {
             s.push_str(&format!(", {label}"));
         }
         s

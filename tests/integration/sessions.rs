@@ -10,9 +10,15 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(15);
 const JSON: (&str, &str) = ("content-type", "application/json");
+const DEMO_LOGIN: &[u8] = br#"{"username":"alice","password":"wonderland"}"#;
 
 fn me(c: &Clusterd, cookie: &str) -> Response {
     request(c.addr, "GET", "/me", &[("cookie", cookie)], b"").unwrap()
+}
+
+/// POST /login as the demo user, whatever the answer.
+fn demo_login(c: &Clusterd) -> Response {
+    post(c, "/login", &[JSON], DEMO_LOGIN)
 }
 
 fn post(c: &Clusterd, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
@@ -155,12 +161,7 @@ fn redis_acl_user_database_and_prefix_come_from_the_configuration() {
     assert!(redis.keys("*").is_empty(), "nothing in database 0");
     // The same user with a prefix outside its key pattern is refused: 503, not a 500 or a hang.
     let wrong = Clusterd::start(Opts::default().arg("--redis-url").arg(&url));
-    let r = post(
-        &wrong,
-        "/login",
-        &[JSON],
-        br#"{"username":"alice","password":"wonderland"}"#,
-    );
+    let r = demo_login(&wrong);
     assert_eq!(r.status, 503, "{}", r.text());
 }
 
@@ -241,12 +242,7 @@ fn rediss_urls_speak_tls_and_verify_the_server() {
             .arg(&url)
             .env("SSL_CERT_FILE", path("other.crt")),
     );
-    let r = post(
-        &untrusted,
-        "/login",
-        &[JSON],
-        br#"{"username":"alice","password":"wonderland"}"#,
-    );
+    let r = demo_login(&untrusted);
     assert_eq!(r.status, 503, "{}", r.text());
 }
 
@@ -290,8 +286,7 @@ fn redis_outage_gives_503_fast_and_recovers_without_a_restart() {
         assert!(r.json()["error"].as_str().unwrap().contains("unavailable"));
         assert_eq!(r.header("retry-after"), Some("1"));
     }
-    let body = br#"{"username":"alice","password":"wonderland"}"#;
-    assert_eq!(post(&c, "/login", &[JSON], body).status, 503);
+    assert_eq!(demo_login(&c).status, 503);
     eventually(T, "/healthz degraded", || {
         let r = c.get("/healthz");
         (r.status == 200
@@ -302,7 +297,7 @@ fn redis_outage_gives_503_fast_and_recovers_without_a_restart() {
     redis.restart();
     // Redis restarted empty (no persistence): the old session is gone, a new login works.
     eventually(T, "login works again", || {
-        (post(&c, "/login", &[JSON], body).status == 200).then_some(())
+        (demo_login(&c).status == 200).then_some(())
     });
     let cookie = c.login("alice", "wonderland");
     assert_logged_in_everywhere(&c, &cookie);
@@ -352,12 +347,7 @@ fn workers_start_degraded_when_redis_is_down() {
     );
     assert_eq!(c.workers().len(), 2);
     assert_eq!(c.get("/healthz").json()["status"], "degraded");
-    let r = post(
-        &c,
-        "/login",
-        &[JSON],
-        br#"{"username":"alice","password":"wonderland"}"#,
-    );
+    let r = demo_login(&c);
     assert_eq!(r.status, 503);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
@@ -375,14 +365,7 @@ fn session_ids_are_unique_across_workers() {
     // 50 logins through each worker: ids minted by two forks of one process must still differ.
     for (id, mut conn) in connection_per_worker(c.addr, 2) {
         for _ in 0..50 {
-            let r = conn
-                .send(
-                    "POST",
-                    "/login",
-                    &[JSON],
-                    br#"{"username":"alice","password":"wonderland"}"#,
-                )
-                .unwrap();
+            let r = conn.send("POST", "/login", &[JSON], DEMO_LOGIN).unwrap();
             assert_eq!((r.status, r.worker()), (200, Some(id)));
             cookies.insert(r.cookie().unwrap());
         }
@@ -401,12 +384,7 @@ fn login_renews_the_session_id() {
     let c = Clusterd::start(Opts::default().redis(&redis));
     let first = c.login("alice", "wonderland");
     let keys_before: HashSet<String> = redis.keys("clusterd:session:*").into_iter().collect();
-    let r = post(
-        &c,
-        "/login",
-        &[JSON, ("cookie", &first)],
-        br#"{"username":"alice","password":"wonderland"}"#,
-    );
+    let r = post(&c, "/login", &[JSON, ("cookie", &first)], DEMO_LOGIN);
     assert_eq!(r.status, 200);
     let second = r.cookie().unwrap();
     assert_ne!(first, second);
@@ -450,12 +428,7 @@ fn tampered_truncated_and_foreign_cookies_are_anonymous() {
 #[test]
 fn cookie_flags_follow_the_configuration() {
     let c = Clusterd::start(Opts::default().workers(1));
-    let r = post(
-        &c,
-        "/login",
-        &[JSON],
-        br#"{"username":"alice","password":"wonderland"}"#,
-    );
+    let r = demo_login(&c);
     let set = r.header("set-cookie").unwrap().to_string();
     for flag in [
         "clusterd_session=",
@@ -475,12 +448,7 @@ fn cookie_flags_follow_the_configuration() {
             .arg("--cookie-name")
             .arg("sid"),
     );
-    let r = post(
-        &c,
-        "/login",
-        &[JSON],
-        br#"{"username":"alice","password":"wonderland"}"#,
-    );
+    let r = demo_login(&c);
     let set = r.header("set-cookie").unwrap().to_string();
     assert!(set.starts_with("sid="), "{set}");
     assert!(!set.contains("Secure"), "{set}");
@@ -529,7 +497,7 @@ fn idle_timeout_is_renewed_by_use_and_the_lifetime_is_absolute() {
 fn failed_logins_are_throttled_across_workers() {
     let c = Clusterd::start(Opts::default().workers(2));
     let wrong = br#"{"username":"alice","password":"nope"}"#;
-    let right = br#"{"username":"alice","password":"wonderland"}"#;
+    let right = DEMO_LOGIN;
     let mut conns = connection_per_worker(c.addr, 2);
     // Three failures through one worker, two through the other: only a shared counter reaches
     // five.
@@ -732,11 +700,6 @@ fn users_come_from_the_users_file() {
         br#"{"username":"bob","password":"s3cret pass"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = post(
-        &c,
-        "/login",
-        &[JSON],
-        br#"{"username":"alice","password":"wonderland"}"#,
-    );
+    let r = demo_login(&c);
     assert_eq!(r.status, 401, "no demo user when a users file is set");
 }
