@@ -50,10 +50,10 @@ fn main() -> anyhow::Result<()> {
         graceful_timeout: Duration::from_secs(10),
         ..ClusterConfig::default()
     };
-    let listener = clusterd::socket::bind(config.bind, config.backlog)?;
+    let sockets = clusterd::socket::Sockets::bind(config.sockets, config.bind, config.backlog)?;
     let app = Hello {
         greeting: "hello".into(),
     };
-    Master::new(app, config, listener)?.run()?;
+    Master::new(app, config, sockets)?.run()?;
     Ok(())
 }

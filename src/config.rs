@@ -14,6 +14,8 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::socket::SocketMode;
+
 /// Errors found while loading or validating configuration. All map to exit code 2 in `main`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -78,6 +80,9 @@ pub struct Args {
     /// Seconds a stopping worker may spend finishing requests before it is killed [default: 30]
     #[arg(long, env = "CLUSTERD_GRACEFUL_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     pub graceful_timeout: Option<u64>,
+    /// Listening sockets: per-worker (SO_REUSEPORT, kernel-balanced), shared, or per-worker-port (port + slot) [default: per-worker]
+    #[arg(long, env = "CLUSTERD_SOCKETS", value_name = "MODE")]
+    pub sockets: Option<SocketMode>,
     /// Length of the listening socket's accept queue [default: 1024]
     #[arg(long, env = "CLUSTERD_BACKLOG", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub backlog: Option<u32>,
@@ -146,6 +151,7 @@ struct FileArgs {
     workers: Option<usize>,
     threads: Option<usize>,
     graceful_timeout: Option<u64>,
+    sockets: Option<String>,
     backlog: Option<u32>,
     redis_url: Option<String>,
     session_prefix: Option<String>,
@@ -171,6 +177,8 @@ pub struct ClusterConfig {
     pub threads: usize,
     /// How long a stopping worker may take before it is killed.
     pub graceful_timeout: Duration,
+    /// How the workers' listening sockets are laid out.
+    pub sockets: SocketMode,
     /// Accept-queue length passed to `listen(2)`.
     pub backlog: u32,
     /// Unprivileged user the workers switch to when the master runs as root.
@@ -188,6 +196,7 @@ impl Default for ClusterConfig {
             workers: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             threads: 1,
             graceful_timeout: Duration::from_secs(30),
+            sockets: SocketMode::default(),
             backlog: 1024,
             user: None,
             group: None,
@@ -275,6 +284,11 @@ impl Config {
             file.graceful_timeout,
             30,
         )?;
+        let sockets = match (args.sockets, file.sockets) {
+            (Some(m), _) => m,
+            (None, Some(s)) => s.parse().map_err(|e| invalid("sockets", e))?,
+            (None, None) => SocketMode::default(),
+        };
         let backlog = args.backlog.or(file.backlog).unwrap_or(1024);
         if !(1..=65535).contains(&backlog) {
             return Err(invalid("backlog", "must be between 1 and 65535".into()));
@@ -342,6 +356,7 @@ impl Config {
                 workers,
                 threads,
                 graceful_timeout: Duration::from_secs(graceful),
+                sockets,
                 backlog,
                 user,
                 group,
@@ -375,6 +390,9 @@ impl Config {
         }
         if a.backlog != b.backlog {
             out.push("backlog");
+        }
+        if a.sockets != b.sockets {
+            out.push("sockets");
         }
         if a.user != b.user || a.group != b.group {
             out.push("user/group");

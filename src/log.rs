@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::Targets;
@@ -24,6 +25,33 @@ static ROLE: RwLock<String> = RwLock::new(String::new());
 /// stopped, one per empty session) only when it is a warning. `CLUSTERD_LOG` overrides it with
 /// the same syntax (`info,actix_server=info`).
 const DEFAULT_FILTER: &str = "info,actix_server=warn,actix_session=warn";
+
+/// Set by a worker that shut its listening socket down on purpose (see `worker.rs`, retiring a
+/// slot): actix's accept thread may then try to accept on it once more and log the `EINVAL` as
+/// an error, which would read as a fault in the journal. Only that one kind of event is dropped.
+static ACCEPT_ERROR_EXPECTED: AtomicBool = AtomicBool::new(false);
+
+/// Tells the log that actix's accept thread will fail on a socket this worker shut down.
+pub fn expect_accept_error() {
+    ACCEPT_ERROR_EXPECTED.store(true, Ordering::Relaxed);
+}
+
+/// Drops actix's accept errors once [`expect_accept_error`] was called; passes everything else.
+struct ExpectedAcceptError;
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for ExpectedAcceptError {
+    fn event_enabled(
+        &self,
+        event: &Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !(ACCEPT_ERROR_EXPECTED.load(Ordering::Relaxed)
+            && event
+                .metadata()
+                .target()
+                .starts_with("actix_server::accept"))
+    }
+}
 
 /// Sets the role tag of this process's lines.
 pub fn set_role(role: impl Into<String>) {
@@ -44,6 +72,7 @@ pub fn init() {
         timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
     };
     let _ = tracing_subscriber::registry()
+        .with(ExpectedAcceptError)
         .with(
             tracing_subscriber::fmt::layer()
                 .event_format(format)

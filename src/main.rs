@@ -116,15 +116,22 @@ fn run(
     };
     tracing::info!(store = %store_line, "session store");
 
-    let listener = match socket::from_systemd()
+    let sockets = match socket::from_systemd()
         .context("adopting the systemd socket")
         .map_err(fail(1))?
     {
-        Some(l) => {
-            tracing::info!(addr = ?l.local_addr().ok(), "using the socket passed by systemd");
-            l
+        Some(passed) => {
+            let n = passed.len();
+            let (sockets, note) = socket::Sockets::adopt(cluster.sockets, passed, cluster.backlog)
+                .context("adopting the systemd socket")
+                .map_err(fail(EXIT_CONFIG))?;
+            tracing::info!(addr = %sockets.addr(), sockets = n, "using the socket passed by systemd");
+            if let Some(note) = note {
+                tracing::warn!("{note}");
+            }
+            sockets
         }
-        None => socket::bind(cluster.bind, cluster.backlog)
+        None => socket::Sockets::bind(cluster.sockets, cluster.bind, cluster.backlog)
             .context("opening the listening socket")
             .map_err(fail(1))?,
     };
@@ -148,7 +155,7 @@ fn run(
     } else {
         "store sqlite"
     };
-    Master::new(app, cluster, listener)
+    Master::new(app, cluster, sockets)
         .context("starting the master")
         .map_err(fail(1))?
         .with_reload(reload)

@@ -1,16 +1,29 @@
-//! The listening socket, bound once by the master (or handed over by systemd) and inherited by
-//! every worker through `fork`. Runs in the master.
+//! The socket table: the listening sockets, owned by the master and handed to workers through
+//! `fork`, one entry per worker slot. Runs in the master.
 //!
-//! All workers accept on the same socket, and the kernel gives each connection to one of them.
-//! While no worker accepts (all dead, or between a crash and the respawn), connections wait in
-//! the socket's backlog instead of being refused, because the master keeps the socket open.
+//! Three layouts ([`SocketMode`]):
+//! - `per-worker` (the default): every slot has its own `SO_REUSEPORT` socket on the same
+//!   address, and the kernel spreads new connections over them by a hash of the connection's
+//!   addresses. A worker whose accept thread happens to be awake cannot drain everyone's
+//!   connections, as it does on one shared socket.
+//! - `shared`: one socket that every worker accepts on.
+//! - `per-worker-port`: slot *i* listens on the bound port + *i*, for a proxy that pins clients.
+//!
+//! The master keeps every slot's socket open for as long as the slot exists. So while a slot's
+//! worker is dead (between a crash and its replacement, ~3 ms) its connections wait in the
+//! socket's queue instead of being refused or reset, and during a rolling restart the old and
+//! the new worker of a slot accept on the same socket. A slot that goes away (fewer workers)
+//! has its socket closed by the master first and by its worker last; see `worker.rs` for how
+//! the worker keeps the moment the socket closes free of queued connections, and the README for
+//! `net.ipv4.tcp_migrate_req`, which lets the kernel move what is left to a sibling socket.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::str::FromStr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Errors getting the listening socket.
+/// Errors getting the listening sockets.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// socket/bind/listen failed.
@@ -21,18 +34,67 @@ pub enum SocketError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// `LISTEN_FDS` was set for this process but did not describe one listening TCP socket.
+    /// `LISTEN_FDS` was set for this process but did not describe listening TCP sockets.
     #[error("socket activation: {0}")]
     Activation(String),
 }
 
-/// Binds `addr` with `SO_REUSEADDR` (a restart does not wait for TIME_WAIT) and listens with
-/// `backlog`. An IPv6 address accepts IPv6 only, so `[::]:80` and `0.0.0.0:80` can coexist.
-pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, SocketError> {
+/// How the workers' listening sockets are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SocketMode {
+    /// One `SO_REUSEPORT` socket per slot on the same address; the kernel balances.
+    #[default]
+    PerWorker,
+    /// One socket for all workers.
+    Shared,
+    /// Slot *i* on port + *i*.
+    PerWorkerPort,
+}
+
+impl SocketMode {
+    /// The name used on the command line and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketMode::PerWorker => "per-worker",
+            SocketMode::Shared => "shared",
+            SocketMode::PerWorkerPort => "per-worker-port",
+        }
+    }
+}
+
+impl FromStr for SocketMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "per-worker" => Ok(SocketMode::PerWorker),
+            "shared" => Ok(SocketMode::Shared),
+            "per-worker-port" => Ok(SocketMode::PerWorkerPort),
+            _ => Err(format!(
+                "{s:?} is not one of per-worker, shared, per-worker-port"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Binds `addr` with `SO_REUSEADDR` (a restart does not wait for TIME_WAIT), optionally
+/// `SO_REUSEPORT`, and listens with `backlog`. An IPv6 address accepts IPv6 only, so `[::]:80`
+/// and `0.0.0.0:80` can coexist. The descriptor is close-on-exec; `fork` still copies it.
+pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<TcpListener, SocketError> {
     let err = |source| SocketError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
+    if reuse_port {
+        // Set before bind: the kernel checks it when the address is taken.
+        socket.set_reuse_port(true).map_err(err)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(err)?;
     }
@@ -43,14 +105,249 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, SocketError> 
     Ok(socket.into())
 }
 
+/// Where a socket came from: the master never closes one that systemd passed (systemd keeps it
+/// across restarts, and the master could not bind it again).
+#[derive(Debug)]
+struct Entry {
+    listener: TcpListener,
+    passed: bool,
+}
+
+/// The master's listening sockets, by slot.
+#[derive(Debug)]
+pub struct Sockets {
+    mode: SocketMode,
+    /// The address of slot 0 (the `--bind` address, or the one systemd's socket is bound to).
+    addr: SocketAddr,
+    backlog: u32,
+    /// Index = slot; `None` for a slot whose socket is not open (yet, or any more). In shared
+    /// mode only index 0 is used.
+    slots: Vec<Option<Entry>>,
+    /// Sockets from systemd, when the master cannot open more next to them: slot *i* then
+    /// accepts on `passed[i % passed.len()]`.
+    fallback: Vec<TcpListener>,
+}
+
+impl Sockets {
+    /// Binds the first slot's socket on `addr`; further slots are opened on demand by
+    /// [`Sockets::for_slot`].
+    pub fn bind(mode: SocketMode, addr: SocketAddr, backlog: u32) -> Result<Self, SocketError> {
+        let mut s = Sockets {
+            mode,
+            addr,
+            backlog,
+            slots: Vec::new(),
+            fallback: Vec::new(),
+        };
+        let first = s.open(0)?;
+        // With port 0 the kernel picked one: the other slots bind that same port.
+        s.addr = first
+            .local_addr()
+            .map_err(|source| SocketError::Bind { addr, source })?;
+        s.slots.push(Some(Entry {
+            listener: first,
+            passed: false,
+        }));
+        Ok(s)
+    }
+
+    /// Takes over the sockets systemd passed. `per-worker` needs every one of them to have
+    /// `SO_REUSEPORT` and the master to be able to bind siblings (systemd created them as root;
+    /// the kernel only groups sockets of one owner): when either fails, this returns the mode
+    /// actually used and the reason, for one log line.
+    pub fn adopt(
+        mode: SocketMode,
+        passed: Vec<TcpListener>,
+        backlog: u32,
+    ) -> Result<(Self, Option<String>), SocketError> {
+        let first = passed
+            .first()
+            .ok_or_else(|| SocketError::Activation("no socket passed".into()))?;
+        let addr = first
+            .local_addr()
+            .map_err(|e| SocketError::Activation(format!("reading the socket's address: {e}")))?;
+        for l in &passed {
+            if l.local_addr().ok() != Some(addr) && mode != SocketMode::PerWorkerPort {
+                return Err(SocketError::Activation(format!(
+                    "the passed sockets are bound to different addresses ({addr} and {:?})",
+                    l.local_addr().ok()
+                )));
+            }
+        }
+        let mut s = Sockets {
+            mode,
+            addr,
+            backlog,
+            slots: Vec::new(),
+            fallback: Vec::new(),
+        };
+        let mut note = None;
+        match mode {
+            SocketMode::Shared if passed.len() > 1 => {
+                return Err(SocketError::Activation(format!(
+                    "--sockets shared takes one socket, got {}",
+                    passed.len()
+                )));
+            }
+            SocketMode::PerWorkerPort => {
+                return Err(SocketError::Activation(
+                    "--sockets per-worker-port binds its own ports; do not use socket activation with it"
+                        .into(),
+                ));
+            }
+            SocketMode::PerWorker => {
+                let all_reuse = passed
+                    .iter()
+                    .all(|l| socket2::SockRef::from(l).reuse_port().unwrap_or(false));
+                if !all_reuse {
+                    s.mode = SocketMode::Shared;
+                    note = Some(
+                        "the socket from systemd lacks SO_REUSEPORT (set ReusePort=yes in the .socket unit): every worker accepts on it (--sockets shared)"
+                            .to_string(),
+                    );
+                    if passed.len() > 1 {
+                        return Err(SocketError::Activation(format!(
+                            "{} sockets without SO_REUSEPORT cannot be shared",
+                            passed.len()
+                        )));
+                    }
+                }
+            }
+            SocketMode::Shared => {}
+        }
+        for l in passed {
+            s.slots.push(Some(Entry {
+                listener: l,
+                passed: true,
+            }));
+        }
+        Ok((s, note))
+    }
+
+    /// The layout in use.
+    pub fn mode(&self) -> SocketMode {
+        self.mode
+    }
+
+    /// The address of slot 0.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many sockets systemd passed (0 when the master bound its own).
+    pub fn passed(&self) -> usize {
+        self.slots.iter().flatten().filter(|e| e.passed).count() + self.fallback.len()
+    }
+
+    fn slot_addr(&self, slot: usize) -> SocketAddr {
+        let mut addr = self.addr;
+        if self.mode == SocketMode::PerWorkerPort {
+            addr.set_port(self.addr.port().saturating_add(slot as u16));
+        }
+        addr
+    }
+
+    fn open(&self, slot: usize) -> Result<TcpListener, SocketError> {
+        let addr = self.slot_addr(slot);
+        if self.mode == SocketMode::PerWorkerPort && addr.port() < self.addr.port() {
+            return Err(SocketError::Bind {
+                addr,
+                source: std::io::Error::other("port out of range"),
+            });
+        }
+        bind(addr, self.backlog, self.mode == SocketMode::PerWorker)
+    }
+
+    /// The descriptor slot `slot`'s worker accepts on, opening the slot's socket if needed.
+    pub fn for_slot(&mut self, slot: usize) -> Result<RawFd, SocketError> {
+        if self.mode == SocketMode::Shared {
+            return Ok(self.slots[0]
+                .as_ref()
+                .expect("the shared socket stays open")
+                .listener
+                .as_raw_fd());
+        }
+        if !self.fallback.is_empty() {
+            return Ok(self.fallback[slot % self.fallback.len()].as_raw_fd());
+        }
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || None);
+        }
+        if self.slots[slot].is_none() {
+            match self.open(slot) {
+                Ok(listener) => {
+                    self.slots[slot] = Some(Entry {
+                        listener,
+                        passed: false,
+                    })
+                }
+                // Sockets from systemd that the master cannot join (another owner): share them
+                // out instead, so every passed socket is served.
+                Err(e) if self.passed() > 0 => {
+                    tracing::warn!(
+                        error = %e,
+                        passed = self.passed(),
+                        "cannot open a socket next to systemd's (created by another user?); workers share the passed sockets: list ListenStream= once per worker to balance"
+                    );
+                    self.fallback = self
+                        .slots
+                        .drain(..)
+                        .flatten()
+                        .filter(|e| e.passed)
+                        .map(|e| e.listener)
+                        .collect();
+                    return Ok(self.fallback[slot % self.fallback.len()].as_raw_fd());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.slots[slot]
+            .as_ref()
+            .expect("opened above")
+            .listener
+            .as_raw_fd())
+    }
+
+    /// Closes the master's copy of a slot's socket, because the slot goes away. Returns whether
+    /// a socket was closed: only then is its worker the last holder, and must retire it.
+    /// Shared sockets and sockets from systemd stay open.
+    pub fn close_slot(&mut self, slot: usize) -> bool {
+        if self.mode == SocketMode::Shared || !self.fallback.is_empty() {
+            return false;
+        }
+        match self.slots.get_mut(slot) {
+            Some(e @ Some(_)) if !e.as_ref().is_some_and(|e| e.passed) => {
+                *e = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The lowest slot count at which every socket systemd passed has a worker: passed sockets
+    /// are never closed, so fewer workers would leave one unserved.
+    pub fn min_workers(&self) -> usize {
+        if self.mode == SocketMode::Shared {
+            1
+        } else {
+            self.fallback.len().max(
+                self.slots
+                    .iter()
+                    .rposition(|e| e.as_ref().is_some_and(|e| e.passed))
+                    .map_or(1, |i| i + 1),
+            )
+        }
+    }
+}
+
 /// First descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
-/// Takes over the socket systemd passed, if `LISTEN_PID` names this process. Removes the
+/// Takes over the sockets systemd passed, if `LISTEN_PID` names this process. Removes the
 /// `LISTEN_*` variables so workers (which inherit the environment) never act on them.
 ///
 /// Must run while the master is single-threaded: it edits the environment.
-pub fn from_systemd() -> Result<Option<TcpListener>, SocketError> {
+pub fn from_systemd() -> Result<Option<Vec<TcpListener>>, SocketError> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
     for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
@@ -64,29 +361,81 @@ pub fn from_systemd() -> Result<Option<TcpListener>, SocketError> {
     if pid.parse::<u32>().ok() != Some(std::process::id()) {
         return Ok(None);
     }
-    match fds.parse::<i32>() {
-        Ok(1) => {}
-        Ok(n) => {
+    let n = match fds.parse::<i32>() {
+        Ok(n) if (1..=1024).contains(&n) => n,
+        _ => {
             return Err(SocketError::Activation(format!(
-                "expected 1 socket, got {n}"
+                "LISTEN_FDS={fds:?} is not a number of sockets from 1 to 1024"
             )));
         }
-        Err(_) => {
+    };
+    let mut out = Vec::new();
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
+        // SAFETY: systemd passed fds 3.. to this process (LISTEN_PID matched) and nothing else in
+        // the master has taken ownership of them.
+        let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let ok =
+            socket.r#type().ok() == Some(Type::STREAM) && socket.is_listener().unwrap_or(false);
+        if !ok {
             return Err(SocketError::Activation(format!(
-                "LISTEN_FDS={fds:?} is not a number"
+                "fd {fd} is not a listening stream socket"
             )));
         }
+        // Activation sockets may carry O_NONBLOCK or not; workers set it themselves.
+        let _ = socket.set_cloexec(true);
+        out.push(socket.into());
     }
-    // SAFETY: systemd passed fd 3 to this process (LISTEN_PID matched) and nothing else in the
-    // master has taken ownership of it.
-    let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) });
-    let ok = socket.r#type().ok() == Some(Type::STREAM) && socket.is_listener().unwrap_or(false);
-    if !ok {
-        return Err(SocketError::Activation(
-            "fd 3 is not a listening stream socket".into(),
-        ));
+    Ok(Some(out))
+}
+
+/// `net.ipv4.tcp_migrate_req` of this network namespace (Linux 5.14+), `None` if unknown.
+/// With 1, connections queued on a closing `SO_REUSEPORT` socket move to a sibling instead of
+/// being reset.
+pub fn tcp_migrate_req() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .ok()
+        .map(|s| s.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_print_the_same_names() {
+        for m in [
+            SocketMode::PerWorker,
+            SocketMode::Shared,
+            SocketMode::PerWorkerPort,
+        ] {
+            assert_eq!(m.as_str().parse::<SocketMode>(), Ok(m));
+        }
+        assert!("reuseport".parse::<SocketMode>().is_err());
     }
-    // Activation sockets may carry O_NONBLOCK or not; workers set it themselves.
-    let _ = socket.set_cloexec(true);
-    Ok(Some(socket.into()))
+
+    #[test]
+    fn per_worker_slots_share_the_address_and_close_alone() {
+        let mut s =
+            Sockets::bind(SocketMode::PerWorker, "127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = s.addr();
+        assert_ne!(
+            addr.port(),
+            0,
+            "port 0 is resolved, so every slot binds the same port"
+        );
+        let a = s.for_slot(0).unwrap();
+        let b = s.for_slot(1).unwrap();
+        assert_ne!(a, b, "two sockets");
+        assert_eq!(s.for_slot(1).unwrap(), b, "a slot keeps its socket");
+        assert!(s.close_slot(1));
+        assert!(!s.close_slot(1), "already closed");
+    }
+
+    #[test]
+    fn shared_mode_hands_every_slot_one_socket_and_never_closes_it() {
+        let mut s = Sockets::bind(SocketMode::Shared, "127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        assert_eq!(s.for_slot(0).unwrap(), s.for_slot(3).unwrap());
+        assert!(!s.close_slot(0));
+        assert_eq!(s.min_workers(), 1);
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,9 @@ use crate::{signals, title};
 pub struct WorkerInfo {
     /// The worker's id: 1, 2, 3, ... in fork order, never reused (like Node's `worker.id`).
     pub id: u64,
+    /// Its slot: 0, 1, ... A replacement takes the slot (and the socket) of the worker it
+    /// replaces.
+    pub slot: usize,
     /// The worker's process id.
     pub pid: u32,
     /// The line to the master, for health reports.
@@ -132,8 +135,10 @@ pub trait WorkerApp: Send + Sync + 'static {
 /// Everything the master prepared for one child before forking it.
 pub(crate) struct WorkerSpec<'a, A> {
     pub id: u64,
+    pub slot: usize,
     pub app: &'a A,
-    pub listener: &'a TcpListener,
+    /// The slot's listening socket: a descriptor of the master's, which the child takes over.
+    pub listener: RawFd,
     /// Write end of this worker's pipe to the master (readiness, health); the master reads.
     pub ready: OwnedFd,
     pub master: Pid,
@@ -146,8 +151,12 @@ pub(crate) struct WorkerSpec<'a, A> {
 /// How the worker was asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
-    /// TERM or HUP from the master (or an operator): finish in-flight requests.
+    /// TERM or HUP from the master (or an operator): finish in-flight requests. The slot's
+    /// socket stays open (the master holds it; a replacement may accept on it already).
     Graceful,
+    /// USR1 from the master: like `Graceful`, but the slot goes away and this worker holds the
+    /// last descriptor of its socket.
+    Retire,
     /// QUIT: close everything now.
     Fast,
     /// The master died: stop accepting and leave quickly, whatever is in flight.
@@ -177,16 +186,16 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
 
     let info = WorkerInfo {
         id: spec.id,
+        slot: spec.slot,
         pid,
         link: MasterLink::new(spec.ready),
     };
-    let listener = match spec.listener.try_clone() {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "duplicating the listening socket failed");
-            return exit_code::BOOT_FAILED;
-        }
-    };
+    // SAFETY: fork copied the master's descriptor of the slot's socket into this process, and
+    // nothing here owns it: the master's own objects, copied with it, are never dropped in the
+    // child, which ends in `process::exit`. Owning it here (instead of a duplicate) leaves the
+    // worker one descriptor to the socket, closed by actix when it stops accepting, which is
+    // what lets a retired slot's socket close while the worker still finishes its requests.
+    let listener = unsafe { TcpListener::from_raw_fd(spec.listener) };
     let system = actix_web::rt::System::new();
     let (app, master, threads, graceful) =
         (spec.app, spec.master, spec.threads, spec.graceful_timeout);
@@ -220,7 +229,7 @@ fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), String> {
     // SAFETY: SIG_IGN installs no handler code; no other thread exists yet.
     unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }
         .map_err(|e| format!("ignoring SIGINT: {e}"))?;
-    crate::process::close_fds_except(&[spec.listener.as_raw_fd(), spec.ready.as_raw_fd()]);
+    crate::process::close_fds_except(&[spec.listener, spec.ready.as_raw_fd()]);
     // Only the master may talk to systemd (the unit also says NotifyAccess=main).
     crate::systemd::forget_in_child();
     // rand 0.9's thread-local generator does not notice fork: reseed it, or two workers could
@@ -252,6 +261,7 @@ async fn serve<A: WorkerApp>(
     stop: impl Future<Output = Stop>,
 ) -> Result<(), BootError> {
     let state = app.init(info).await?;
+    let listener_fd = listener.as_raw_fd();
     let draining = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&draining);
     let id = HeaderValue::from(info.id);
@@ -291,9 +301,6 @@ async fn serve<A: WorkerApp>(
         }
         how = &mut stop => how,
     };
-    // Every response from now on says `Connection: close`, so keep-alive clients move to
-    // another worker after their current request instead of finding this one gone.
-    draining.store(true, Ordering::Relaxed);
     // `pause` and `stop` only queue a command for the server future, which must keep being
     // polled to act on it (awaiting their own futures instead would wait forever); the server
     // future resolves once every server thread has finished.
@@ -303,11 +310,39 @@ async fn serve<A: WorkerApp>(
                 timeout_s = graceful_timeout.as_secs(),
                 "stopping gracefully: no new connections, finishing requests"
             );
+            // Every response from now on says `Connection: close`, so keep-alive clients move
+            // to another worker after their current request instead of finding this one gone
+            // (actix's graceful stop closes idle keep-alive connections).
+            draining.store(true, Ordering::Relaxed);
             // Stop accepting first and give connections the accept thread already took a
             // moment to reach a server thread: actix's graceful stop drops connections still
             // queued between the two, and their clients would see a reset. Connections not yet
-            // accepted stay in the shared socket's queue for the other workers.
+            // accepted stay in the slot's socket, which the master keeps open for the slot's
+            // other or next worker.
             let _paused = handle.pause();
+            settle(&mut server).await;
+            let _done = handle.stop(true);
+            let _ = server.as_mut().await;
+        }
+        Stop::Retire => {
+            tracing::info!(
+                timeout_s = graceful_timeout.as_secs(),
+                "retiring with the slot: closing its socket, finishing requests"
+            );
+            // This worker holds the last descriptor of the slot's socket. Take the socket out of
+            // service before sending anyone away, while actix still accepts on it: its queue is
+            // then (nearly) empty, and the clients told to reconnect below can only reach the
+            // other slots. `shutdown` stops a listener at once (it leaves the SO_REUSEPORT group;
+            // with net.ipv4.tcp_migrate_req=1 the kernel moves what is queued to a sibling) and,
+            // unlike `close`, cannot hand the descriptor number to another file under actix.
+            crate::log::expect_accept_error();
+            if let Err(e) =
+                nix::sys::socket::shutdown(listener_fd, nix::sys::socket::Shutdown::Read)
+            {
+                tracing::warn!(error = %e, "shutting the slot's socket down failed");
+            }
+            let _paused = handle.pause();
+            draining.store(true, Ordering::Relaxed);
             settle(&mut server).await;
             let _done = handle.stop(true);
             let _ = server.as_mut().await;
@@ -319,6 +354,7 @@ async fn serve<A: WorkerApp>(
         }
         Stop::Orphaned => {
             tracing::warn!("the master is gone: stopping");
+            draining.store(true, Ordering::Relaxed);
             let _done = handle.stop(true);
             if tokio::time::timeout(ORPHAN_GRACE, server.as_mut())
                 .await
@@ -346,6 +382,7 @@ struct StopSignals {
     term: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -354,6 +391,7 @@ impl StopSignals {
             term: tokio_signal(SignalKind::terminate())?,
             quit: tokio_signal(SignalKind::quit())?,
             hup: tokio_signal(SignalKind::hangup())?,
+            usr1: tokio_signal(SignalKind::user_defined1())?,
         })
     }
 
@@ -365,6 +403,7 @@ impl StopSignals {
                 if nix::unistd::getppid() == master { Stop::Graceful } else { Stop::Orphaned }
             }
             _ = self.hup.recv() => Stop::Graceful,
+            _ = self.usr1.recv() => Stop::Retire,
             _ = self.quit.recv() => Stop::Fast,
         }
     }
@@ -457,6 +496,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             let info = WorkerInfo {
                 id: 7,
+                slot: 0,
                 pid: std::process::id(),
                 link: MasterLink::detached(),
             };

@@ -459,6 +459,7 @@ mod tests {
         };
         let info = WorkerInfo {
             id: 3,
+            slot: 0,
             pid: 4711,
             link: MasterLink::detached(),
         };

@@ -1,17 +1,23 @@
 //! The master loop. Runs only in the master: one thread, no runtime.
 //!
 //! Each turn reads like a checklist (after gunicorn's arbiter and nginx's master cycle):
-//! 1. fork whatever is missing (initial workers, replacements after the crash-loop delay, the
-//!    next step of a rolling restart);
+//! 1. fork whatever is missing (empty slots after the crash-loop delay, the next step of a
+//!    rolling restart) and retire surplus slots;
 //! 2. wait, at most until the next deadline, for a signal or a worker's readiness byte;
 //! 3. handle each signal as a [`MasterEvent`];
 //! 4. note which workers became ready;
 //! 5. reap every dead child and decide what its death means;
 //! 6. enforce deadlines: a stopping worker that overstays its graceful timeout gets SIGKILL.
+//!
+//! The parts: [`table`] (workers in slots), [`policy`] (crash-loop back-off), [`status`]
+//! (systemd's status line). Forks and signals to workers happen only in this file.
+
+pub mod policy;
+pub mod status;
+pub mod table;
 
 use std::io::Read;
-use std::net::TcpListener;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -19,9 +25,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, pipe2};
 
+pub use self::policy::Backoff;
+use self::status::Snapshot;
+use self::table::{Retiring, Table, Worker};
 use crate::config::ClusterConfig;
 use crate::process::{self, Death, Policy, ProcessError, exit_code};
 use crate::signals::{MasterEvent, Signals};
+use crate::socket::{SocketMode, Sockets};
 use crate::systemd::Notifier;
 use crate::worker::{self, WorkerApp, WorkerSpec, message};
 
@@ -60,48 +70,6 @@ pub struct Reloaded {
 /// Re-reads the configuration on SIGHUP; an error keeps the running configuration.
 pub type ReloadFn = Box<dyn FnMut() -> Result<Reloaded, String>>;
 
-/// Crash-loop protection: exponential delay for workers that die young, reset by one that
-/// lived long enough.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    /// A worker that dies before being ready or before this uptime counts as a failure.
-    pub min_uptime: Duration,
-    /// Delay after the first failure; doubles after each further one.
-    pub base: Duration,
-    /// Largest delay.
-    pub cap: Duration,
-    failures: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            min_uptime: Duration::from_secs(1),
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(10),
-            failures: 0,
-        }
-    }
-}
-
-impl Backoff {
-    /// Records a death and returns how long to wait before the next fork.
-    pub fn on_death(&mut self, was_ready: bool, uptime: Duration) -> Duration {
-        if was_ready && uptime >= self.min_uptime {
-            self.failures = 0;
-            return Duration::ZERO;
-        }
-        self.failures = self.failures.saturating_add(1);
-        let factor = 1u32.checked_shl(self.failures - 1).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// Consecutive early deaths so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-}
-
 /// How long a new worker may take to report ready before a rolling restart gives up on it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long workers get after SIGQUIT before SIGKILL.
@@ -111,29 +79,23 @@ const KILL_MARGIN: Duration = Duration::from_secs(1);
 /// The longest the loop sleeps with nothing to do, so it stays observable (watchdog, status).
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
-struct Worker {
-    id: u64,
-    pid: Pid,
-    started: Instant,
-    /// Read end of the worker's pipe (readiness and health messages) until EOF.
-    pipe: Option<OwnedFd>,
-    /// Last health the worker reported, if it reports any.
-    healthy: Option<bool>,
-    ready: bool,
-    /// Set when the master asked it to stop: its death is then expected.
-    retiring: Option<Retiring>,
-}
-
-struct Retiring {
-    kill_at: Instant,
-    killed: bool,
-}
-
+/// A rolling restart: the old workers still to replace, one slot at a time.
 struct Rollout {
     /// Workers of the old configuration still to be replaced.
     old: Vec<u64>,
-    /// The replacement currently booting, and when it must be ready.
-    pending: Option<(u64, Instant)>,
+    /// The replacement currently booting.
+    pending: Option<Pending>,
+}
+
+/// A replacement booting in the slot of an old worker.
+#[derive(Clone, Copy)]
+struct Pending {
+    /// The new worker.
+    new: u64,
+    /// The worker it replaces (same slot), retired once `new` is ready.
+    old: u64,
+    /// When `new` must be ready, or the reload is aborted.
+    deadline: Instant,
 }
 
 #[derive(Clone, Copy)]
@@ -142,49 +104,81 @@ enum Stopping {
     Fast,
 }
 
-/// The master: owns the socket, the worker table, the signals and the restart policy.
+/// The master: owns the sockets, the worker table, the signals and the restart policy.
 pub struct Master<A: WorkerApp> {
+    /// The app every worker runs.
     app: A,
+    /// The process-model settings in force (a reload replaces what it may change).
     config: ClusterConfig,
+    /// Re-reads the configuration on SIGHUP.
     reload: Option<ReloadFn>,
-    listener: TcpListener,
+    /// The listening sockets, by slot.
+    sockets: Sockets,
+    /// Resolved `--user`/`--group` for the workers, when the master runs as root.
     credentials: Option<(Uid, Gid)>,
+    /// Where signals are read from.
     signals: Signals,
+    /// sd_notify, when run by systemd.
     notifier: Notifier,
+    /// This process, so a worker can tell its master from a new parent.
     pid: Pid,
-    workers: Vec<Worker>,
+    /// Every forked, unreaped worker, in its slot.
+    table: Table,
+    /// The id the next forked worker gets.
     next_id: u64,
+    /// How many slots should have a worker.
     target: usize,
+    /// The fewest workers that serve every socket systemd passed.
+    min_workers: usize,
+    /// Crash-loop back-off.
     backoff: Backoff,
+    /// No fork before this moment (back-off after a crash or a failed fork).
     respawn_at: Instant,
+    /// A rolling restart under way.
     rollout: Option<Rollout>,
+    /// Set once a stop began: nothing is forked any more.
     stopping: Option<Stopping>,
+    /// Why the master stops on its own; returned by `run`.
     halt: Option<MasterError>,
+    /// Unplanned deaths since start.
     restarts: u64,
+    /// Every wanted worker served at the end of the last turn (for the "all ready" log line).
     all_ready: bool,
+    /// READY=1 was sent once already.
     announced_ready: bool,
+    /// What the workers' health reports are about, for the status line.
     health_label: Option<String>,
 }
 
 impl<A: WorkerApp> Master<A> {
-    /// Prepares a master for `app` on `listener`. Installs the signalfd, so call it in the
+    /// Prepares a master for `app` on `sockets`. Installs the signalfd, so call it in the
     /// process that will fork, before any thread exists.
-    pub fn new(app: A, config: ClusterConfig, listener: TcpListener) -> Result<Self, MasterError> {
+    pub fn new(app: A, config: ClusterConfig, sockets: Sockets) -> Result<Self, MasterError> {
         let signals = Signals::install().map_err(|source| MasterError::Os {
             op: "installing the signalfd",
             source,
         })?;
+        let min_workers = sockets.min_workers();
+        let target = config.workers.max(min_workers);
+        if target > config.workers {
+            tracing::warn!(
+                workers = target,
+                sockets = sockets.passed(),
+                "more sockets from systemd than --workers: running one worker per socket"
+            );
+        }
         Ok(Master {
             app,
-            target: config.workers,
+            target,
+            min_workers,
             config,
             reload: None,
-            listener,
+            sockets,
             credentials: None,
             signals,
             notifier: Notifier::from_env(),
             pid: nix::unistd::getpid(),
-            workers: Vec::new(),
+            table: Table::default(),
             next_id: 1,
             backoff: Backoff::default(),
             respawn_at: Instant::now(),
@@ -225,24 +219,32 @@ impl<A: WorkerApp> Master<A> {
 
     /// Runs until a stop signal has been handled and every worker reaped.
     pub fn run(mut self) -> Result<(), MasterError> {
-        let addr = self
-            .listener
-            .local_addr()
-            .map_or_else(|_| "?".into(), |a| a.to_string());
         // Short, so it fits in the original command line (`/usr/local/bin/clusterd`).
         crate::title::set("clusterd: master", "clusterd-master");
         tracing::info!(
             pid = self.pid.as_raw(),
-            addr = %addr,
+            addr = %self.sockets.addr(),
+            sockets = %self.sockets.mode(),
             workers = self.target,
             threads = self.config.threads,
             "master started"
         );
+        if self.sockets.mode() == SocketMode::PerWorker {
+            match crate::socket::tcp_migrate_req() {
+                Some(true) => tracing::info!(
+                    "net.ipv4.tcp_migrate_req=1: connections queued on a retired worker's socket move to the others"
+                ),
+                Some(false) => tracing::info!(
+                    "net.ipv4.tcp_migrate_req=0: a connection that reaches a retired worker's socket in the instant it closes is reset; set it to 1 to have the kernel move it"
+                ),
+                None => tracing::info!("net.ipv4.tcp_migrate_req is not available (Linux < 5.14)"),
+            }
+        }
         loop {
-            self.spawn_missing();
+            self.manage();
             self.advance_rollout();
             self.update_status();
-            if self.stopping.is_some() && self.workers.is_empty() {
+            if self.stopping.is_some() && self.table.workers.is_empty() {
                 break;
             }
             self.wait();
@@ -310,7 +312,7 @@ impl<A: WorkerApp> Master<A> {
             Stopping::Graceful => (Signal::SIGTERM, self.config.graceful_timeout + KILL_MARGIN),
             Stopping::Fast => (Signal::SIGQUIT, FAST_STOP_TIMEOUT),
         };
-        let ids: Vec<u64> = self.workers.iter().map(|w| w.id).collect();
+        let ids: Vec<u64> = self.table.workers.iter().map(|w| w.id).collect();
         for id in ids {
             self.retire(id, sig, grace);
         }
@@ -330,24 +332,18 @@ impl<A: WorkerApp> Master<A> {
                         );
                     }
                     if new.cluster.workers != self.config.workers {
-                        tracing::info!(
-                            from = self.target,
-                            to = new.cluster.workers,
-                            "worker count changed"
-                        );
-                        self.target = new.cluster.workers;
+                        let to = new.cluster.workers.max(self.min_workers);
+                        tracing::info!(from = self.target, to, "worker count changed");
+                        self.target = to;
                     }
-                    let keep = (
-                        self.config.bind,
-                        self.config.backlog,
-                        self.config.user.clone(),
-                        self.config.group.clone(),
-                    );
+                    // What is bound or resolved once at start stays as it is.
+                    let running = &self.config;
                     self.config = ClusterConfig {
-                        bind: keep.0,
-                        backlog: keep.1,
-                        user: keep.2,
-                        group: keep.3,
+                        bind: running.bind,
+                        backlog: running.backlog,
+                        sockets: running.sockets,
+                        user: running.user.clone(),
+                        group: running.group.clone(),
                         ..new.cluster
                     };
                 }
@@ -357,7 +353,7 @@ impl<A: WorkerApp> Master<A> {
                 }
             }
         }
-        let old: Vec<u64> = self.live().map(|w| w.id).collect();
+        let old: Vec<u64> = self.table.live().map(|w| w.id).collect();
         tracing::info!(
             workers = old.len(),
             "reload: replacing workers one at a time"
@@ -378,8 +374,11 @@ impl<A: WorkerApp> Master<A> {
         if self.stopping.is_some() {
             return;
         }
-        if self.target <= 1 {
-            tracing::info!("SIGTTOU: already at one worker, keeping it");
+        if self.target <= self.min_workers {
+            tracing::info!(
+                workers = self.target,
+                "SIGTTOU: already at the fewest workers (one, or one per socket from systemd), keeping them"
+            );
             return;
         }
         self.target -= 1;
@@ -388,47 +387,37 @@ impl<A: WorkerApp> Master<A> {
 
     // ---- workers ------------------------------------------------------------------------
 
-    /// Workers that are not being stopped.
-    fn live(&self) -> impl Iterator<Item = &Worker> {
-        self.workers.iter().filter(|w| w.retiring.is_none())
-    }
-
-    fn pending_id(&self) -> Option<u64> {
-        self.rollout
-            .as_ref()
-            .and_then(|r| r.pending.map(|(id, _)| id))
-    }
-
-    /// Keeps the number of live workers at the target: forks replacements (not before the
-    /// crash-loop delay) and retires the oldest when there are too many.
-    fn spawn_missing(&mut self) {
+    /// Keeps a live worker in every slot below the target: forks into empty slots (not before
+    /// the crash-loop delay) and, outside a rolling restart, retires workers in slots above it.
+    fn manage(&mut self) {
         if self.stopping.is_some() {
             return;
         }
-        let extra = usize::from(self.pending_id().is_some());
-        let mut live = self.live().count() - extra;
-        while live < self.target && Instant::now() >= self.respawn_at {
-            if self.spawn().is_none() {
+        for slot in self.table.empty_slots(self.target) {
+            if Instant::now() < self.respawn_at || self.spawn(slot).is_none() {
                 break;
             }
-            live += 1;
         }
-        if self.rollout.is_none() && live > self.target {
-            let surplus: Vec<u64> = self.live().map(|w| w.id).take(live - self.target).collect();
-            for id in surplus {
-                tracing::info!(worker = id, "retiring a surplus worker");
-                self.retire(
-                    id,
-                    Signal::SIGTERM,
-                    self.config.graceful_timeout + KILL_MARGIN,
-                );
+        if self.rollout.is_none() {
+            for (id, slot) in self.table.surplus(self.target) {
+                tracing::info!(worker = id, slot, "retiring a surplus worker");
+                self.retire_slot(id, slot);
             }
         }
     }
 
-    /// Forks one worker. On failure logs, applies the back-off and returns `None`.
-    fn spawn(&mut self) -> Option<u64> {
+    /// Forks one worker into `slot`. On failure logs, applies the back-off and returns `None`.
+    fn spawn(&mut self, slot: usize) -> Option<u64> {
         let id = self.next_id;
+        let listener: RawFd = match self.sockets.for_slot(slot) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let delay = self.backoff.on_death(false, Duration::ZERO);
+                tracing::error!(slot, error = %e, "opening the slot's socket failed; retrying in {delay:?}");
+                self.delay(delay);
+                return None;
+            }
+        };
         let (read, write) = match pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
             Ok(p) => p,
             Err(e) => {
@@ -440,8 +429,9 @@ impl<A: WorkerApp> Master<A> {
         };
         let spec = WorkerSpec {
             id,
+            slot,
             app: &self.app,
-            listener: &self.listener,
+            listener,
             ready: write,
             master: self.pid,
             threads: self.config.threads,
@@ -453,9 +443,10 @@ impl<A: WorkerApp> Master<A> {
         match process::spawn(|| worker::run(spec)) {
             Ok(pid) => {
                 self.next_id += 1;
-                tracing::info!(worker = id, pid = pid.as_raw(), "worker started");
-                self.workers.push(Worker {
+                tracing::info!(worker = id, slot, pid = pid.as_raw(), "worker started");
+                self.table.workers.push(Worker {
                     id,
+                    slot,
                     pid,
                     started: Instant::now(),
                     pipe: Some(read),
@@ -488,9 +479,22 @@ impl<A: WorkerApp> Master<A> {
         self.respawn_at = self.respawn_at.max(Instant::now() + delay);
     }
 
+    /// Retires the worker of a slot that goes away. The master closes its copy of the slot's
+    /// socket first; the worker, then its last holder, is told with SIGUSR1 to close it while
+    /// still accepting, before it drains (see `worker.rs`). Where the socket stays (shared, or
+    /// from systemd) it gets the plain graceful stop.
+    fn retire_slot(&mut self, id: u64, slot: usize) {
+        let sig = if self.sockets.close_slot(slot) {
+            Signal::SIGUSR1
+        } else {
+            Signal::SIGTERM
+        };
+        self.retire(id, sig, self.config.graceful_timeout + KILL_MARGIN);
+    }
+
     /// Asks a worker to stop with `sig`, and schedules SIGKILL after `grace`.
     fn retire(&mut self, id: u64, sig: Signal, grace: Duration) {
-        let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
+        let Some(w) = self.table.get_mut(id) else {
             return;
         };
         let kill_at = Instant::now() + grace;
@@ -509,33 +513,37 @@ impl<A: WorkerApp> Master<A> {
         }
     }
 
-    /// Moves a rolling restart forward: once the replacement is ready, retire one old worker
-    /// and fork the next replacement; give up (keeping the old workers) if a replacement does
-    /// not become ready in time.
+    /// Moves a rolling restart forward: fork a replacement into the slot of the next old
+    /// worker; once it is ready, retire that old worker (the slot's socket stays open, the new
+    /// worker already accepts on it) and go on; give up, keeping the old workers, if a
+    /// replacement does not become ready in time.
     fn advance_rollout(&mut self) {
         let Some(mut rollout) = self.rollout.take() else {
             return;
         };
-        if let Some((id, deadline)) = rollout.pending {
-            match self.workers.iter().find(|w| w.id == id) {
+        if let Some(p) = rollout.pending {
+            match self.table.get(p.new) {
                 Some(w) if w.ready => {
                     rollout.pending = None;
-                    rollout.old.retain(|old| self.live().any(|w| w.id == *old));
-                    if let Some(old) = rollout.old.pop() {
-                        tracing::info!(worker = old, replaced_by = id, "retiring the old worker");
+                    if self.table.is_live(p.old) {
+                        tracing::info!(
+                            worker = p.old,
+                            replaced_by = p.new,
+                            "retiring the old worker"
+                        );
                         self.retire(
-                            old,
+                            p.old,
                             Signal::SIGTERM,
                             self.config.graceful_timeout + KILL_MARGIN,
                         );
                     }
                 }
-                Some(_) if Instant::now() >= deadline => {
+                Some(_) if Instant::now() >= p.deadline => {
                     tracing::error!(
-                        worker = id,
+                        worker = p.new,
                         "replacement not ready after {BOOT_TIMEOUT:?}; reload aborted, old workers keep serving"
                     );
-                    self.retire(id, Signal::SIGKILL, Duration::ZERO);
+                    self.retire(p.new, Signal::SIGKILL, Duration::ZERO);
                     self.notifier.ready(&self.status_line());
                     return;
                 }
@@ -547,35 +555,38 @@ impl<A: WorkerApp> Master<A> {
                 None => return,
             }
         }
-        rollout.old.retain(|old| self.live().any(|w| w.id == *old));
-        if rollout.old.is_empty() {
+        rollout.old.retain(|old| self.table.is_live(*old));
+        let Some(&old) = rollout.old.last() else {
             tracing::info!("reload complete: every worker replaced");
             self.notifier.ready(&self.status_line());
             return;
-        }
+        };
         if Instant::now() >= self.respawn_at {
-            // Set before forking so that `spawn_missing` does not count the replacement as a
-            // worker of the target.
-            self.rollout = Some(rollout);
-            if let Some(id) = self.spawn()
-                && let Some(r) = self.rollout.as_mut()
-            {
-                r.pending = Some((id, Instant::now() + BOOT_TIMEOUT));
+            let slot = self.table.get(old).map_or(0, |w| w.slot);
+            if let Some(new) = self.spawn(slot) {
+                rollout.old.pop();
+                rollout.pending = Some(Pending {
+                    new,
+                    old,
+                    deadline: Instant::now() + BOOT_TIMEOUT,
+                });
             }
-            return;
         }
         self.rollout = Some(rollout);
     }
 
+    fn pending_id(&self) -> Option<u64> {
+        self.rollout.as_ref().and_then(|r| r.pending.map(|p| p.new))
+    }
+
     fn on_death(&mut self, pid: Pid, death: Death) {
-        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+        let Some(w) = self.table.remove_pid(pid) else {
             tracing::debug!(pid = pid.as_raw(), "reaped an unknown child");
             return;
         };
-        let w = self.workers.remove(index);
         let uptime = w.started.elapsed();
         if w.retiring.is_some() {
-            tracing::info!(worker = w.id, pid = pid.as_raw(), cause = %death.describe(), "worker stopped");
+            tracing::info!(worker = w.id, slot = w.slot, pid = pid.as_raw(), cause = %death.describe(), "worker stopped");
             return;
         }
         if self.pending_id() == Some(w.id) {
@@ -617,6 +628,7 @@ impl<A: WorkerApp> Master<A> {
                 };
                 tracing::warn!(
                     worker = w.id,
+                    slot = w.slot,
                     pid = pid.as_raw(),
                     cause = %death.describe(),
                     uptime_ms = uptime.as_millis() as u64,
@@ -634,15 +646,20 @@ impl<A: WorkerApp> Master<A> {
         let now = Instant::now();
         let mut at = now + MAX_WAIT;
         let short = self.stopping.is_none()
-            && (self.live().count() < self.target + usize::from(self.pending_id().is_some())
+            && (!self.table.empty_slots(self.target).is_empty()
                 || self.rollout.as_ref().is_some_and(|r| r.pending.is_none()));
         if short {
             at = at.min(self.respawn_at);
         }
-        if let Some((_, deadline)) = self.rollout.as_ref().and_then(|r| r.pending) {
-            at = at.min(deadline);
+        if let Some(p) = self.rollout.as_ref().and_then(|r| r.pending) {
+            at = at.min(p.deadline);
         }
-        for r in self.workers.iter().filter_map(|w| w.retiring.as_ref()) {
+        for r in self
+            .table
+            .workers
+            .iter()
+            .filter_map(|w| w.retiring.as_ref())
+        {
             if !r.killed {
                 at = at.min(r.kill_at);
             }
@@ -660,7 +677,7 @@ impl<A: WorkerApp> Master<A> {
         // Round up so we do not wake a hair before the deadline and spin.
         let ms = timeout.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16;
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        for w in &self.workers {
+        for w in &self.table.workers {
             if let Some(p) = &w.pipe {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
             }
@@ -670,7 +687,7 @@ impl<A: WorkerApp> Master<A> {
     }
 
     fn read_ready_pipes(&mut self) {
-        for w in &mut self.workers {
+        for w in &mut self.table.workers {
             let Some(pipe) = w.pipe.take() else { continue };
             let mut file = std::fs::File::from(pipe);
             let mut buf = [0u8; 64];
@@ -685,6 +702,7 @@ impl<A: WorkerApp> Master<A> {
                                     w.ready = true;
                                     tracing::info!(
                                         worker = w.id,
+                                        slot = w.slot,
                                         pid = w.pid.as_raw(),
                                         boot_ms = w.started.elapsed().as_millis() as u64,
                                         "worker ready"
@@ -704,7 +722,7 @@ impl<A: WorkerApp> Master<A> {
                 w.pipe = Some(file.into());
             }
         }
-        let ready = self.live().filter(|w| w.ready).count();
+        let ready = self.table.ready();
         let all = self.stopping.is_none() && ready >= self.target && self.rollout.is_none();
         if all && !self.all_ready {
             tracing::info!(workers = ready, "all workers ready");
@@ -718,7 +736,7 @@ impl<A: WorkerApp> Master<A> {
 
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
-        for w in &mut self.workers {
+        for w in &mut self.table.workers {
             if let Some(r) = &mut w.retiring
                 && !r.killed
                 && now >= r.kill_at
@@ -734,36 +752,21 @@ impl<A: WorkerApp> Master<A> {
             }
         }
         // Healthy means the loop turns (it does, we are here) and someone serves.
-        if self.stopping.is_none() && self.live().any(|w| w.ready) {
+        if self.stopping.is_none() && self.table.ready() > 0 {
             self.notifier.ping(now);
         }
     }
 
     fn status_line(&self) -> String {
-        let ready = self.live().filter(|w| w.ready).count();
-        let mut s = format!(
-            "{ready}/{} workers ready, {} restarts",
-            self.target, self.restarts
-        );
-        if self.rollout.is_some() {
-            s.push_str(", reloading");
+        Snapshot {
+            ready: self.table.ready(),
+            target: self.target,
+            restarts: self.restarts,
+            reloading: self.rollout.is_some(),
+            health: self.table.live().filter_map(|w| w.healthy).collect(),
+            label: self.health_label.as_deref(),
         }
-        let reports: Vec<bool> = self.live().filter_map(|w| w.healthy).collect();
-        let label = self.health_label.as_deref().unwrap_or("app");
-        if !reports.is_empty() {
-            let down = reports.iter().filter(|ok| !**ok).count();
-            if down == 0 {
-                s.push_str(&format!(", {label} ok"));
-            } else {
-                s.push_str(&format!(
-                    ", {label} down on {down}/{} workers",
-                    reports.len()
-                ));
-            }
-        } else if self.health_label.is_some() {
-            s.push_str(&format!(", {label}"));
-        }
-        s
+        .line()
     }
 
     fn update_status(&mut self) {
@@ -779,35 +782,5 @@ pub fn exit_code_for(err: &MasterError) -> i32 {
     match err {
         MasterError::WorkerConfig { .. } => exit_code::CONFIG_INVALID,
         _ => exit_code::FAILURE,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_resets_after_stable_uptime() {
-        let mut b = Backoff::default();
-        let young = Duration::from_millis(10);
-        assert_eq!(b.on_death(true, young), Duration::from_millis(100));
-        assert_eq!(b.on_death(true, young), Duration::from_millis(200));
-        assert_eq!(
-            b.on_death(false, Duration::from_secs(5)),
-            Duration::from_millis(400)
-        );
-        for _ in 0..20 {
-            b.on_death(false, young);
-        }
-        assert_eq!(b.on_death(false, young), Duration::from_secs(10));
-        assert_eq!(b.on_death(true, Duration::from_secs(2)), Duration::ZERO);
-        assert_eq!(b.failures(), 0);
-        assert_eq!(b.on_death(true, young), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn a_stable_worker_is_replaced_at_once() {
-        let mut b = Backoff::default();
-        assert_eq!(b.on_death(true, Duration::from_secs(60)), Duration::ZERO);
     }
 }
