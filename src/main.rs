@@ -75,6 +75,11 @@ fn run(
     config: Config,
     state_directory: Option<std::path::PathBuf>,
 ) -> Result<(), Failure> {
+    // Sockets from systemd come first, before any file is opened: their descriptors (3, 4, ...)
+    // must not be confused with ours.
+    let passed = socket::from_systemd()
+        .context("adopting the systemd socket")
+        .map_err(fail(EXIT_CONFIG))?;
     let cluster = config.cluster.clone();
     let session = config.session.clone();
     let credentials = privileges::resolve(cluster.user.as_deref(), cluster.group.as_deref())
@@ -116,10 +121,7 @@ fn run(
     };
     tracing::info!(store = %store_line, "session store");
 
-    let sockets = match socket::from_systemd()
-        .context("adopting the systemd socket")
-        .map_err(fail(1))?
-    {
+    let sockets = match passed {
         Some(passed) => {
             let n = passed.len();
             let (sockets, note) = socket::Sockets::adopt(cluster.sockets, passed, cluster.backlog)

@@ -12,10 +12,18 @@
 //! The master keeps every slot's socket open for as long as the slot exists. So while a slot's
 //! worker is dead (between a crash and its replacement, ~3 ms) its connections wait in the
 //! socket's queue instead of being refused or reset, and during a rolling restart the old and
-//! the new worker of a slot accept on the same socket. A slot that goes away (fewer workers)
-//! has its socket closed by the master first and by its worker last; see `worker.rs` for how
-//! the worker keeps the moment the socket closes free of queued connections, and the README for
-//! `net.ipv4.tcp_migrate_req`, which lets the kernel move what is left to a sibling socket.
+//! the new worker of a slot accept on the same socket.
+//!
+//! A slot that goes away (fewer workers) must not lose what is queued on its socket: closing a
+//! listener resets its queue (unless `net.ipv4.tcp_migrate_req=1`). So in `per-worker` mode the
+//! master also chooses which socket the kernel gives each new connection: a classic BPF program
+//! attached to the group (`SO_ATTACH_REUSEPORT_CBPF`) maps the connection's hash onto the
+//! sockets of live slots only. A retiring slot is taken out of the program first; its worker
+//! keeps accepting until its queue is empty and only then shuts the socket down (`worker.rs`).
+//! The program returns indices into the kernel's array of the group's sockets, which the master
+//! mirrors: a socket is appended when it starts listening, and a leaving one is replaced by the
+//! last. An index the kernel no longer has makes it fall back to its own hash over the sockets
+//! still listening, so a briefly stale mirror costs balance, never a connection.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -111,6 +119,8 @@ pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<TcpListe
 struct Entry {
     listener: TcpListener,
     passed: bool,
+    /// Identity in the mirror of the kernel's group (`Sockets::group`).
+    serial: u64,
 }
 
 /// The master's listening sockets, by slot.
@@ -126,29 +136,65 @@ pub struct Sockets {
     /// Sockets from systemd, when the master cannot open more next to them: slot *i* then
     /// accepts on `passed[i % passed.len()]`.
     fallback: Vec<TcpListener>,
+    /// The kernel's array of the SO_REUSEPORT group's sockets, as serials, in its order.
+    group: Vec<u64>,
+    /// Serials of sockets whose slot went away but that are still in the group (their worker
+    /// drains them): no new connection is steered to them.
+    closing: Vec<u64>,
+    next_serial: u64,
+    /// Steering is on (per-worker mode, until attaching a program fails once).
+    steer: bool,
 }
 
 impl Sockets {
     /// Binds the first slot's socket on `addr`; further slots are opened on demand by
     /// [`Sockets::for_slot`].
     pub fn bind(mode: SocketMode, addr: SocketAddr, backlog: u32) -> Result<Self, SocketError> {
-        let mut s = Sockets {
-            mode,
-            addr,
-            backlog,
-            slots: Vec::new(),
-            fallback: Vec::new(),
-        };
+        let mut s = Sockets::empty(mode, addr, backlog);
+        if mode == SocketMode::PerWorker {
+            // Another process's SO_REUSEPORT sockets on this port (a second clusterd, say) would
+            // silently join our group. A plain bind collides with any listener there: probe.
+            drop(bind(addr, backlog, false)?);
+        }
         let first = s.open(0)?;
         // With port 0 the kernel picked one: the other slots bind that same port.
         s.addr = first
             .local_addr()
             .map_err(|source| SocketError::Bind { addr, source })?;
-        s.slots.push(Some(Entry {
-            listener: first,
-            passed: false,
-        }));
+        s.push(0, first, false);
         Ok(s)
+    }
+
+    fn empty(mode: SocketMode, addr: SocketAddr, backlog: u32) -> Self {
+        Sockets {
+            mode,
+            addr,
+            backlog,
+            slots: Vec::new(),
+            fallback: Vec::new(),
+            group: Vec::new(),
+            closing: Vec::new(),
+            next_serial: 1,
+            steer: mode == SocketMode::PerWorker,
+        }
+    }
+
+    /// Puts a listening socket in `slot`, appends it to the group's mirror and re-steers.
+    fn push(&mut self, slot: usize, listener: TcpListener, passed: bool) {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, || None);
+        }
+        self.slots[slot] = Some(Entry {
+            listener,
+            passed,
+            serial,
+        });
+        if self.mode == SocketMode::PerWorker {
+            self.group.push(serial);
+            self.steer();
+        }
     }
 
     /// Takes over the sockets systemd passed. `per-worker` needs every one of them to have
@@ -174,13 +220,7 @@ impl Sockets {
                 )));
             }
         }
-        let mut s = Sockets {
-            mode,
-            addr,
-            backlog,
-            slots: Vec::new(),
-            fallback: Vec::new(),
-        };
+        let mut s = Sockets::empty(mode, addr, backlog);
         let mut note = None;
         match mode {
             SocketMode::Shared if passed.len() > 1 => {
@@ -215,11 +255,10 @@ impl Sockets {
             }
             SocketMode::Shared => {}
         }
-        for l in passed {
-            s.slots.push(Some(Entry {
-                listener: l,
-                passed: true,
-            }));
+        // systemd opens them in the order of its ListenStream= lines, which is the order they
+        // joined the group.
+        for (slot, l) in passed.into_iter().enumerate() {
+            s.push(slot, l, true);
         }
         Ok((s, note))
     }
@@ -270,17 +309,9 @@ impl Sockets {
         if !self.fallback.is_empty() {
             return Ok(self.fallback[slot % self.fallback.len()].as_raw_fd());
         }
-        if self.slots.len() <= slot {
-            self.slots.resize_with(slot + 1, || None);
-        }
-        if self.slots[slot].is_none() {
+        if self.slots.get(slot).is_none_or(Option::is_none) {
             match self.open(slot) {
-                Ok(listener) => {
-                    self.slots[slot] = Some(Entry {
-                        listener,
-                        passed: false,
-                    })
-                }
+                Ok(listener) => self.push(slot, listener, false),
                 // Sockets from systemd that the master cannot join (another owner): share them
                 // out instead, so every passed socket is served.
                 Err(e) if self.passed() > 0 => {
@@ -296,6 +327,7 @@ impl Sockets {
                         .filter(|e| e.passed)
                         .map(|e| e.listener)
                         .collect();
+                    self.unsteer();
                     return Ok(self.fallback[slot % self.fallback.len()].as_raw_fd());
                 }
                 Err(e) => return Err(e),
@@ -308,20 +340,69 @@ impl Sockets {
             .as_raw_fd())
     }
 
-    /// Closes the master's copy of a slot's socket, because the slot goes away. Returns whether
-    /// a socket was closed: only then is its worker the last holder, and must retire it.
-    /// Shared sockets and sockets from systemd stay open.
-    pub fn close_slot(&mut self, slot: usize) -> bool {
+    /// Closes the master's copy of a slot's socket, because the slot goes away, after steering
+    /// new connections away from it. Returns the socket's serial when one was closed: its
+    /// worker is then the last holder and must retire it, and [`Sockets::gone`] takes the
+    /// serial once the socket has left the group. Shared sockets and sockets from systemd stay.
+    pub fn close_slot(&mut self, slot: usize) -> Option<u64> {
         if self.mode == SocketMode::Shared || !self.fallback.is_empty() {
-            return false;
+            return None;
         }
-        match self.slots.get_mut(slot) {
-            Some(e @ Some(_)) if !e.as_ref().is_some_and(|e| e.passed) => {
-                *e = None;
-                true
-            }
-            _ => false,
+        let serial = match self.slots.get(slot) {
+            Some(Some(e)) if !e.passed => e.serial,
+            _ => return None,
+        };
+        if self.mode == SocketMode::PerWorker {
+            self.closing.push(serial);
+            // Steered away while the master still holds a socket of the group to attach with.
+            self.steer();
         }
+        self.slots[slot] = None;
+        Some(serial)
+    }
+
+    /// A socket given up by [`Sockets::close_slot`] has been shut down by its worker (or the
+    /// worker is gone): the kernel took it out of the group's array.
+    pub fn gone(&mut self, serial: u64) {
+        let Some(i) = self.closing.iter().position(|s| *s == serial) else {
+            return;
+        };
+        self.closing.swap_remove(i);
+        if let Some(at) = self.group.iter().position(|s| *s == serial) {
+            // The kernel fills the hole with its last socket; so does the mirror.
+            self.group.swap_remove(at);
+        }
+        self.steer();
+    }
+
+    /// Attaches a program to the group that sends each new connection to a live slot's
+    /// socket, chosen by the connection's hash.
+    fn steer(&mut self) {
+        if !self.steer {
+            return;
+        }
+        let active: Vec<u32> = (0..self.group.len())
+            .filter(|i| !self.closing.contains(&self.group[*i]))
+            .map(|i| i as u32)
+            .collect();
+        let Some(holder) = self
+            .slots
+            .iter()
+            .flatten()
+            .find(|e| !self.closing.contains(&e.serial))
+        else {
+            return;
+        };
+        if let Err(e) =
+            attach_reuseport_cbpf(holder.listener.as_raw_fd(), &steering_program(&active))
+        {
+            tracing::warn!(error = %e, "attaching the SO_REUSEPORT steering program failed; the kernel's own hash spreads connections, and a retiring slot may reset what is queued on it");
+            self.unsteer();
+        }
+    }
+
+    fn unsteer(&mut self) {
+        self.steer = false;
     }
 
     /// The lowest slot count at which every socket systemd passed has a worker: passed sockets
@@ -337,6 +418,69 @@ impl Sockets {
                     .map_or(1, |i| i + 1),
             )
         }
+    }
+}
+
+/// A classic BPF program for `SO_ATTACH_REUSEPORT_CBPF`: the connection's hash modulo the
+/// number of live sockets, looked up in `indices` (positions in the kernel's array).
+fn steering_program(indices: &[u32]) -> Vec<nix::libc::sock_filter> {
+    use nix::libc::{
+        BPF_ABS, BPF_ALU, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W, SKF_AD_OFF,
+        SKF_AD_RXHASH, sock_filter,
+    };
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let n = indices.len().max(1) as u32;
+    let mut prog = vec![
+        // A = skb->hash (the flow hash of the connection's addresses and ports)
+        op(
+            BPF_LD | BPF_W | BPF_ABS,
+            0,
+            0,
+            (SKF_AD_OFF + SKF_AD_RXHASH) as u32,
+        ),
+        // A %= number of live sockets
+        op(BPF_ALU | BPF_MOD | BPF_K, 0, 0, n),
+    ];
+    for (j, index) in indices.iter().enumerate() {
+        // if A == j return indices[j]
+        prog.push(op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, j as u32));
+        prog.push(op(BPF_RET | BPF_K, 0, 0, *index));
+    }
+    // Unreachable with n live sockets; an index past the array makes the kernel use its hash.
+    prog.push(op(BPF_RET | BPF_K, 0, 0, u32::MAX));
+    prog
+}
+
+/// `SO_ATTACH_REUSEPORT_CBPF` from the kernel's asm-generic/socket.h (x86-64, arm64 and most
+/// architectures; the libc crate defines it for Android only).
+const SO_ATTACH_REUSEPORT_CBPF: nix::libc::c_int = 51;
+
+/// Attaches `prog` to the SO_REUSEPORT group of `fd` (it replaces the group's program).
+fn attach_reuseport_cbpf(fd: RawFd, prog: &[nix::libc::sock_filter]) -> std::io::Result<()> {
+    let fprog = nix::libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the program
+    // and reads exactly `len` instructions; the option's size is that of `sock_fprog`.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            fd,
+            nix::libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const nix::libc::sock_fprog).cast(),
+            std::mem::size_of::<nix::libc::sock_fprog>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -371,8 +515,17 @@ pub fn from_systemd() -> Result<Option<Vec<TcpListener>>, SocketError> {
     };
     let mut out = Vec::new();
     for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
-        // SAFETY: systemd passed fds 3.. to this process (LISTEN_PID matched) and nothing else in
-        // the master has taken ownership of them.
+        // A descriptor that is not open must not be taken: the number may be handed to a file
+        // opened later, which dropping our `OwnedFd` would then close behind its owner's back.
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
+            return Err(SocketError::Activation(format!(
+                "LISTEN_FDS={n} but fd {fd} is not open"
+            )));
+        }
+        // SAFETY: systemd passed fds 3.. to this process (LISTEN_PID matched), fd is open (checked
+        // above), and nothing else in the master has taken ownership of it: `main` adopts the
+        // sockets before it opens any file.
         let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let ok =
             socket.r#type().ok() == Some(Type::STREAM) && socket.is_listener().unwrap_or(false);
@@ -427,15 +580,15 @@ mod tests {
         let b = s.for_slot(1).unwrap();
         assert_ne!(a, b, "two sockets");
         assert_eq!(s.for_slot(1).unwrap(), b, "a slot keeps its socket");
-        assert!(s.close_slot(1));
-        assert!(!s.close_slot(1), "already closed");
+        assert!(s.close_slot(1).is_some());
+        assert!(s.close_slot(1).is_none(), "already closed");
     }
 
     #[test]
     fn shared_mode_hands_every_slot_one_socket_and_never_closes_it() {
         let mut s = Sockets::bind(SocketMode::Shared, "127.0.0.1:0".parse().unwrap(), 16).unwrap();
         assert_eq!(s.for_slot(0).unwrap(), s.for_slot(3).unwrap());
-        assert!(!s.close_slot(0));
+        assert!(s.close_slot(0).is_none());
         assert_eq!(s.min_workers(), 1);
     }
 }

@@ -50,6 +50,8 @@ pub(crate) mod message {
     pub const UP: u8 = b'U';
     /// The app's dependencies do not answer; the worker serves degraded.
     pub const DOWN: u8 = b'D';
+    /// A retiring worker shut its slot's socket down: it has left the SO_REUSEPORT group.
+    pub const SOCKET_CLOSED: u8 = b'C';
 }
 
 /// The worker's end of its pipe to the master. The master reads readiness and health from it
@@ -335,12 +337,16 @@ async fn serve<A: WorkerApp>(
             // other slots. `shutdown` stops a listener at once (it leaves the SO_REUSEPORT group;
             // with net.ipv4.tcp_migrate_req=1 the kernel moves what is queued to a sibling) and,
             // unlike `close`, cannot hand the descriptor number to another file under actix.
+            // The master has steered new connections away from the socket already; give those
+            // that reached it just before a moment to be accepted.
+            settle_for(&mut server, RETIRE_SETTLE).await;
             crate::log::expect_accept_error();
             if let Err(e) =
                 nix::sys::socket::shutdown(listener_fd, nix::sys::socket::Shutdown::Read)
             {
                 tracing::warn!(error = %e, "shutting the slot's socket down failed");
             }
+            info.link.send(message::SOCKET_CLOSED);
             let _paused = handle.pause();
             draining.store(true, Ordering::Relaxed);
             settle(&mut server).await;
@@ -371,10 +377,19 @@ async fn serve<A: WorkerApp>(
 /// How long a pausing worker keeps running its server before stopping it.
 const HANDOFF_SETTLE: Duration = Duration::from_millis(100);
 
+/// How long a retiring worker keeps accepting on its slot's socket after the master steered
+/// new connections away, before it shuts the socket down.
+const RETIRE_SETTLE: Duration = Duration::from_millis(50);
+
 /// Keeps polling the server future for [`HANDOFF_SETTLE`] (it must be polled to act on
 /// commands), unless it ends sooner.
 async fn settle<F: Future + Unpin>(server: &mut F) {
-    let _ = tokio::time::timeout(HANDOFF_SETTLE, server).await;
+    settle_for(server, HANDOFF_SETTLE).await;
+}
+
+/// Keeps polling the server future for `time`, unless it ends sooner.
+async fn settle_for<F: Future + Unpin>(server: &mut F, time: Duration) {
+    let _ = tokio::time::timeout(time, server).await;
 }
 
 /// The worker's stop signals, registered with tokio (which installs the handlers now).

@@ -453,6 +453,7 @@ impl<A: WorkerApp> Master<A> {
                     healthy: None,
                     ready: false,
                     retiring: None,
+                    closing_socket: None,
                 });
                 Some(id)
             }
@@ -484,7 +485,11 @@ impl<A: WorkerApp> Master<A> {
     /// still accepting, before it drains (see `worker.rs`). Where the socket stays (shared, or
     /// from systemd) it gets the plain graceful stop.
     fn retire_slot(&mut self, id: u64, slot: usize) {
-        let sig = if self.sockets.close_slot(slot) {
+        let closing = self.sockets.close_slot(slot);
+        if let Some(w) = self.table.get_mut(id) {
+            w.closing_socket = closing;
+        }
+        let sig = if closing.is_some() {
             Signal::SIGUSR1
         } else {
             Signal::SIGTERM
@@ -585,6 +590,10 @@ impl<A: WorkerApp> Master<A> {
             return;
         };
         let uptime = w.started.elapsed();
+        if let Some(serial) = w.closing_socket {
+            // Dead, so its descriptor is closed too: the socket is out of the group.
+            self.sockets.gone(serial);
+        }
         if w.retiring.is_some() {
             tracing::info!(worker = w.id, slot = w.slot, pid = pid.as_raw(), cause = %death.describe(), "worker stopped");
             return;
@@ -707,6 +716,11 @@ impl<A: WorkerApp> Master<A> {
                                         boot_ms = w.started.elapsed().as_millis() as u64,
                                         "worker ready"
                                     );
+                                }
+                                message::SOCKET_CLOSED => {
+                                    if let Some(serial) = w.closing_socket.take() {
+                                        self.sockets.gone(serial);
+                                    }
                                 }
                                 message::UP => w.healthy = Some(true),
                                 message::DOWN => w.healthy = Some(false),

@@ -28,6 +28,9 @@ pub struct Worker {
     pub ready: bool,
     /// Set when the master asked it to stop: its death is then expected.
     pub retiring: Option<Retiring>,
+    /// The serial of its slot's socket when the slot went away and this worker holds the socket
+    /// last, until the worker reports it shut the socket down (or dies).
+    pub closing_socket: Option<u64>,
 }
 
 /// A worker the master asked to stop.
@@ -114,6 +117,7 @@ mod tests {
                 kill_at: Instant::now(),
                 killed: false,
             }),
+            closing_socket: None,
         }
     }
 

@@ -126,7 +126,35 @@ systemctl start clusterd.socket
 systemctl start clusterd
 wait_for 10 "adopted socket" journal_has "using the socket passed by systemd"
 [ "$(code -b /tmp/jar "$URL/me")" = 200 ] || fail "/me over the activated socket"
-ok "socket activation"
+# One root-made socket: the DynamicUser master cannot join its SO_REUSEPORT group, says so once,
+# and the workers share it.
+journal_has "cannot open a socket next to systemd's" || fail "no line about sharing systemd's socket"
+ok "socket activation (one ListenStream: workers share it, the journal says why)"
+
+# -- one ListenStream= per worker (the drop-in the .socket unit describes): a socket per worker
+listeners() { awk '$2 ~ /:1F90$/ && $4 == "0A"' /proc/net/tcp | wc -l; }
+shared_lines() { journalctl -u clusterd --no-pager -o cat | grep -c "cannot open a socket next to systemd's" || true; }
+before=$(shared_lines)
+mkdir -p /etc/systemd/system/clusterd.socket.d
+{ echo "[Socket]"; echo "ListenStream="; for _ in $(seq "$EXPECTED"); do echo "ListenStream=127.0.0.1:8080"; done; } \
+    > /etc/systemd/system/clusterd.socket.d/per-worker.conf
+systemctl stop clusterd clusterd.socket
+systemctl daemon-reload
+systemctl start clusterd.socket
+[ "$(listeners)" = "$EXPECTED" ] || fail "systemd opened $(listeners) sockets, wanted $EXPECTED"
+systemctl start clusterd
+wait_for 10 "all workers" test "$(n_workers)" = "$EXPECTED"
+[ "$(code -b /tmp/jar "$URL/me")" = 200 ] || fail "/me over the per-worker sockets"
+journal_has "sockets=$EXPECTED" || fail "the master did not adopt $EXPECTED sockets"
+[ "$(shared_lines)" = "$before" ] || fail "fell back to sharing with one socket per worker"
+# Every worker holds one of systemd's sockets, and no two the same one.
+held=$(for p in $(workers); do ls -l "/proc/$p/fd" | grep -o 'socket:\[[0-9]*\]' | sort -u; done)
+ours=$(awk '$2 ~ /:1F90$/ && $4 == "0A" {print "socket:[" $10 "]"}' /proc/net/tcp | sort)
+[ "$(grep -cxF -f <(echo "$ours") <<<"$held")" = "$EXPECTED" ] || fail "workers do not hold one listener each"
+[ "$(grep -xF -f <(echo "$ours") <<<"$held" | sort -u | wc -l)" = "$EXPECTED" ] || fail "two workers share a listener"
+ok "socket activation with $EXPECTED ListenStream= lines: one socket per worker"
+rm -r /etc/systemd/system/clusterd.socket.d
+systemctl daemon-reload
 
 # -- the journal tells the story, one timestamp per line (journald's own)
 for line in "master started" "worker died" "worker started" "reload complete" "graceful stop" "all workers stopped"; do

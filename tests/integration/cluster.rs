@@ -361,7 +361,7 @@ fn ttin_and_ttou_change_the_worker_count() {
     c.signal(Signal::SIGTTOU);
     eventually(T, "one worker", || (c.workers().len() == 1).then_some(()));
     c.signal(Signal::SIGTTOU);
-    c.wait_log(T, "already at one worker");
+    c.wait_log(T, "already at the fewest workers");
     assert_eq!(c.workers().len(), 1);
     assert_eq!(c.get("/healthz").status, 200);
 }

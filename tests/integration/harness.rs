@@ -117,6 +117,66 @@ pub fn cmdline(pid: i32) -> String {
         .to_string()
 }
 
+/// Inodes of the listening TCP sockets on `port` (any address), from /proc/net/tcp{,6}.
+pub fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            // State 0A is LISTEN.
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                out.extend(f.get(9).and_then(|i| i.parse::<u64>().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Which of `inodes` (sockets) process `pid` holds a descriptor of.
+pub fn holds(pid: i32, inodes: &[u64]) -> Vec<u64> {
+    let mut out: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    l.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse()
+                        .ok()
+                })
+                .filter(|i| inodes.contains(i))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Opens `n` connections to `addr` before sending anything (a burst, as a proxy's keep-alive
+/// pool opens them), then one keep-alive request on each; returns how many each worker id got.
+pub fn burst(addr: SocketAddr, n: usize) -> HashMap<u64, usize> {
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
+        .collect();
+    let mut counts = HashMap::new();
+    for mut s in conns {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write_request(&mut s, "GET", "/healthz", &[], b"", true).unwrap();
+        let r = read_response(&mut BufReader::new(s)).expect("a response on every connection");
+        assert_eq!(r.status, 200);
+        *counts.entry(r.worker().unwrap()).or_default() += 1;
+    }
+    counts
+}
+
 pub fn signal(pid: i32, sig: Signal) {
     kill(Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
 }
@@ -279,6 +339,8 @@ pub struct Opts {
     pub wrapper: Vec<String>,
     /// Listen on [::1] instead of 127.0.0.1.
     pub ipv6: bool,
+    /// A descriptor of the test's to hand over as fd 3 (playing systemd's socket activation).
+    pub fd3: Option<std::os::fd::RawFd>,
 }
 
 impl Default for Opts {
@@ -292,6 +354,7 @@ impl Default for Opts {
             wait_ready: true,
             wrapper: Vec::new(),
             ipv6: false,
+            fd3: None,
         }
     }
 }
@@ -327,6 +390,16 @@ impl Opts {
     pub fn ipv6(mut self) -> Self {
         self.ipv6 = true;
         self
+    }
+    /// Passes `fd` as fd 3 with LISTEN_FDS=1 and LISTEN_PID set to clusterd's pid, as systemd
+    /// does (through `sh`, which knows its own pid before it `exec`s clusterd).
+    pub fn listen_fd(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.fd3 = Some(fd);
+        self.wrapped(&[
+            "sh",
+            "-c",
+            "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\"",
+        ])
     }
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
@@ -385,8 +458,23 @@ impl Clusterd {
             .process_group(0);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent. If the test
         // process dies without running Drop (killed), its clusterd goes with it.
+        let fd3 = opts.fd3;
+        // SAFETY (also for dup2): both are async-signal-safe system calls on descriptors the
+        // child owns.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(fd) = fd3 {
+                    // dup2 clears close-on-exec on the copy, so the socket crosses exec as fd 3;
+                    // if it already is fd 3, dup2 does nothing and the flag is cleared by hand.
+                    let ok = if fd == 3 {
+                        nix::libc::fcntl(3, nix::libc::F_SETFD, 0) >= 0
+                    } else {
+                        nix::libc::dup2(fd, 3) >= 0
+                    };
+                    if !ok {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
             });
         }

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod balance;
 mod cli;
 mod cluster;
 mod sessions;

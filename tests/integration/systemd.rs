@@ -191,6 +191,14 @@ fn socket_activation_adopts_the_passed_socket() {
         "{}",
         c.log_text()
     );
+    // systemd-socket-activate sets no SO_REUSEPORT: one clear line, then every worker shares it.
+    assert_eq!(
+        c.log_lines("lacks SO_REUSEPORT").len(),
+        1,
+        "{}",
+        c.log_text()
+    );
+    assert_eq!(listening_inodes(port).len(), 1, "no socket added");
     let cookie = c.login("alice", "wonderland");
     let r = request(c.addr, "GET", "/me", &[("cookie", &cookie)], b"").unwrap();
     assert_eq!(r.status, 200);
