@@ -1,6 +1,6 @@
 //! The worker: what a forked child does, from post-fork hygiene to `exit`. Runs only in workers.
 //!
-//! Order matters and follows the fork rules in STYLE.md: first undo what was inherited (signal
+//! Order matters and follows the fork rules in ARCHITECTURE.md: first undo what was inherited (signal
 //! mask, master-only descriptors, the RNG state), then drop privileges, then arm the
 //! parent-death signal (a credential change clears it), and only then build the runtime, the
 //! app's state (Redis connections and the like) and the HTTP server on the inherited socket.
