@@ -10,8 +10,8 @@ source "$(dirname "$0")/lib.sh"
 need wrk curl ss python3
 build
 TRIALS=${TRIALS:-3}
-MODES=${MODES:-"per-worker shared"}
-WORKER_COUNTS=${WORKER_COUNTS:-"2 4 8"}
+MODES=${MODES-"per-worker shared"}
+WORKER_COUNTS=${WORKER_COUNTS-"2 4 8"}
 BURST_SECS=${BURST_SECS:-4}
 
 # conns_for N: the burst size the checks use (50 over 2 workers, else 64).
@@ -89,11 +89,15 @@ for mode in $MODES; do
     done
 done
 
-if command -v node >/dev/null && [ -d "$ROOT/bench/peers/node/node_modules" ]; then
+if command -v node >/dev/null && command -v redis-server >/dev/null && [ -d "$ROOT/bench/peers/node/node_modules" ]; then
+    # The peer keeps sessions in Redis and connects before it listens (/healthz needs none).
+    R=$(free_port)
+    start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
+    for _ in $(seq 100); do redis-cli -p "$R" ping >/dev/null 2>&1 && break; sleep 0.05; done
     for n in 4; do
         for t in $(seq "$TRIALS"); do
             port=$(free_port)
-            PORT=$port WORKERS=$n REDIS_URL=redis://127.0.0.1:1 start "node-$t" node "$ROOT/bench/peers/node/server.js"
+            start "node-$t" env PORT="$port" WORKERS="$n" REDIS_URL="redis://127.0.0.1:$R" node "$ROOT/bench/peers/node/server.js"
             master=$STARTED_PID
             wait_http "http://127.0.0.1:$port/healthz"
             mapfile -t pids < <(pgrep -P "$master" | sort -n)
@@ -109,5 +113,5 @@ if command -v node >/dev/null && [ -d "$ROOT/bench/peers/node/node_modules" ]; t
         done
     done
 else
-    echo "(node peer skipped: install node and run npm ci in bench/peers/node)"
+    echo "(node peer skipped: needs node, redis-server, and npm ci in bench/peers/node)"
 fi
