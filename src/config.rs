@@ -506,6 +506,27 @@ mod tests {
     }
 
     #[test]
+    fn sockets_come_from_flag_file_or_default_and_need_a_restart() {
+        let c = Config::merge(&Args::default(), FileArgs::default(), None).unwrap();
+        assert_eq!(c.cluster.sockets, SocketMode::PerWorker);
+        let f = Config::merge(&Args::default(), file("sockets = \"shared\""), None).unwrap();
+        assert_eq!(f.cluster.sockets, SocketMode::Shared);
+        let args = Args {
+            sockets: Some(SocketMode::PerWorkerPort),
+            ..Args::default()
+        };
+        let a = Config::merge(&args, file("sockets = \"shared\""), None).unwrap();
+        assert_eq!(
+            a.cluster.sockets,
+            SocketMode::PerWorkerPort,
+            "the flag wins"
+        );
+        let err = Config::merge(&Args::default(), file("sockets = \"many\""), None).unwrap_err();
+        assert!(err.to_string().contains("sockets"), "{err}");
+        assert_eq!(c.needs_restart(&f), vec!["sockets"]);
+    }
+
+    #[test]
     fn unknown_file_keys_are_rejected() {
         assert!(toml::from_str::<FileArgs>("wokers = 2").is_err());
     }

@@ -6,15 +6,17 @@
 //! ```text
 //!             systemd (Type=notify, MAINPID = master)
 //!                  |
-//!            clusterd master          one thread, no tokio: socket, worker table, signals,
-//!             |   |   |   |            sd_notify, restart policy  (master.rs)
-//!          worker worker worker ...    each: own runtime + actix-web on the inherited socket,
+//!            clusterd master          one thread, no tokio: socket table, worker slots,
+//!             |   |   |   |            signals, sd_notify, restart policy  (master/)
+//!          worker worker worker ...    each: own runtime + actix-web on its slot's socket,
 //!                                      own Redis connection  (worker.rs)
 //! ```
 //!
-//! The master binds once ([`socket`]), forks [`ClusterConfig::workers`] workers
+//! The master opens the listening sockets ([`socket`]: by default one `SO_REUSEPORT` socket per
+//! worker slot, so the kernel balances connections), forks [`ClusterConfig::workers`] workers
 //! ([`process::spawn`]) and then only waits: for signals (read from a signalfd, see
 //! [`signals`]), for workers reporting ready (a byte on a pipe), and for children to reap.
+//! ARCHITECTURE.md in the repository explains the fork rules and the socket table.
 //!
 //! # Signals of the master
 //!
@@ -26,8 +28,10 @@
 //! | TTIN / TTOU   | one worker more / fewer (never below one)                                 |
 //!
 //! A signal sent to one worker affects that worker only: TERM or HUP make it finish its
-//! requests and exit (the master replaces it), QUIT makes it exit now, INT is ignored (the
-//! terminal's Ctrl-C reaches every process in the group; the master handles it).
+//! requests and exit (the master replaces it in the same slot), QUIT makes it exit now, INT is
+//! ignored (the terminal's Ctrl-C reaches every process in the group; the master handles it).
+//! USR1 is the master's own: the worker's slot goes away, so it shuts the slot's socket down
+//! before finishing its requests.
 //!
 //! # Running your own app
 //!
