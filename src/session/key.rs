@@ -6,6 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::files::{self, FileError, Open};
+
 use actix_web::cookie::Key;
 use nix::unistd::{Gid, Uid};
 use rand::TryRngCore;
@@ -14,6 +16,8 @@ use rand::TryRngCore;
 pub const MIN_KEY_LEN: usize = 64;
 /// Name of the generated key inside the data dir.
 pub const GENERATED_NAME: &str = "session.key";
+/// Largest key file read: keys are 64 bytes; this only stops a huge or endless file.
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// Why the key or the data dir could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,9 @@ pub enum KeyError {
     /// The OS random generator failed.
     #[error("generating a session key: {0}")]
     Random(String),
+    /// A file of the data dir, or the key file, is not what it must be (a link, a FIFO, ...).
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// Where the key came from, for the startup log.
@@ -66,11 +73,13 @@ pub enum KeyOrigin {
 /// if this is the first start.
 pub fn load(key_file: Option<&Path>, data_dir: &Path) -> Result<(Key, KeyOrigin), KeyError> {
     if let Some(path) = key_file {
-        return Ok((read(path)?, KeyOrigin::Configured(path.to_path_buf())));
+        // A name the operator gave may be a link (systemd's credentials are); it must still
+        // end at a regular file of a key's size.
+        return Ok((read(path, true)?, KeyOrigin::Configured(path.to_path_buf())));
     }
     let path = data_dir.join(GENERATED_NAME);
-    if path.exists() {
-        return Ok((read(&path)?, KeyOrigin::Kept(path)));
+    if let Some(bytes) = files::read_small(&path, false, MAX_KEY_FILE)? {
+        return Ok((key_from(&path, bytes)?, KeyOrigin::Kept(path)));
     }
     let mut bytes = [0u8; MIN_KEY_LEN];
     rand::rngs::OsRng
@@ -82,11 +91,12 @@ pub fn load(key_file: Option<&Path>, data_dir: &Path) -> Result<(Key, KeyOrigin)
         source,
     };
     // create_new: if another clusterd races us, one wins and the other fails loudly instead of
-    // both running with different keys.
+    // both running with different keys. It is O_EXCL, which never follows a link either.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&path)
         .map_err(write_err)?;
     file.write_all(&bytes)
@@ -95,11 +105,15 @@ pub fn load(key_file: Option<&Path>, data_dir: &Path) -> Result<(Key, KeyOrigin)
     Ok((Key::from(&bytes), KeyOrigin::Generated(path)))
 }
 
-fn read(path: &Path) -> Result<Key, KeyError> {
-    let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+fn read(path: &Path, follow: bool) -> Result<Key, KeyError> {
+    let bytes = files::read_small(path, follow, MAX_KEY_FILE)?.ok_or_else(|| KeyError::Read {
         path: path.to_path_buf(),
-        source,
+        source: std::io::ErrorKind::NotFound.into(),
     })?;
+    key_from(path, bytes)
+}
+
+fn key_from(path: &Path, bytes: Vec<u8>) -> Result<Key, KeyError> {
     if bytes.len() < MIN_KEY_LEN {
         return Err(KeyError::TooShort {
             path: path.to_path_buf(),
@@ -109,9 +123,17 @@ fn read(path: &Path) -> Result<Key, KeyError> {
     Ok(Key::from(&bytes))
 }
 
-/// Creates the data dir (mode 0700) if needed and, for the embedded store, the database. When
-/// workers run as another user, hands them the dir and the database files, which they write;
-/// the key stays readable by root only.
+/// Names of the embedded store's files in the data dir.
+const STORE_FILES: [&str; 3] = [
+    super::sqlite::FILE_NAME,
+    "sessions.sqlite3-wal",
+    "sessions.sqlite3-shm",
+];
+
+/// Creates the data dir (mode 0700) if needed and, for the embedded store, the database (mode
+/// 0600). When workers run as another user, hands them the dir and the database files, which
+/// they write; the key stays readable by root only. Every file is checked and changed through
+/// its descriptor ([`files`]): a link, FIFO or device under one of these names stops the start.
 pub fn prepare_data_dir(
     dir: &Path,
     owner: Option<(Uid, Gid)>,
@@ -129,7 +151,39 @@ pub fn prepare_data_dir(
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(err("setting mode of"))?;
     }
+    // The dir itself is the operator's choice and may be a link (systemd's StateDirectory= with
+    // DynamicUser= is one); it is changed through a descriptor of what it points at.
+    let dir_file = std::fs::File::open(dir).map_err(err("opening data dir"))?;
+    if !dir_file
+        .metadata()
+        .map_err(err("reading the metadata of"))?
+        .is_dir()
+    {
+        return Err(err("using as data dir")(std::io::Error::other(
+            "not a directory",
+        )));
+    }
+    // The generated key, if there is one, must be a regular file too (read later, as root).
+    files::open(
+        &dir.join(GENERATED_NAME),
+        Open {
+            follow: false,
+            create: None,
+            write: false,
+        },
+    )?;
     if embedded_store {
+        // Checked before SQLite, running as root here, opens or creates anything.
+        for name in STORE_FILES {
+            files::open(
+                &dir.join(name),
+                Open {
+                    follow: false,
+                    create: (name == super::sqlite::FILE_NAME).then_some(0o600),
+                    write: true,
+                },
+            )?;
+        }
         super::sqlite::SqliteStore::initialize(dir).map_err(|e| KeyError::Write {
             op: "creating the embedded session store in",
             path: dir.to_path_buf(),
@@ -137,21 +191,19 @@ pub fn prepare_data_dir(
         })?;
     }
     if let Some((uid, gid)) = owner {
-        let names = [
-            "",
-            super::sqlite::FILE_NAME,
-            "sessions.sqlite3-wal",
-            "sessions.sqlite3-shm",
-        ];
-        for name in names {
-            let path = if name.is_empty() {
-                dir.to_path_buf()
-            } else {
-                dir.join(name)
+        std::os::unix::fs::fchown(&dir_file, Some(uid.as_raw()), Some(gid.as_raw()))
+            .map_err(err("changing owner of"))?;
+    }
+    if embedded_store {
+        for name in STORE_FILES {
+            let path = dir.join(name);
+            let how = Open {
+                follow: false,
+                create: None,
+                write: true,
             };
-            if path.exists() {
-                std::os::unix::fs::chown(&path, Some(uid.as_raw()), Some(gid.as_raw()))
-                    .map_err(err("changing owner of"))?;
+            if let Some(file) = files::open(&path, how)? {
+                files::hand_over(&file, &path, owner, 0o600)?;
             }
         }
     }

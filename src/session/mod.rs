@@ -14,6 +14,7 @@
 //! trip, and actix-session's `OnEveryRequest` renews the cookie's Max-Age. The absolute lifetime
 //! from login is checked by the app on every use.
 
+pub mod files;
 pub mod key;
 pub mod redis;
 pub mod sqlite;

@@ -59,7 +59,15 @@ impl SqliteStore {
     /// The connection is closed again: SQLite connections must not cross `fork`.
     pub fn initialize(data_dir: &Path) -> Result<PathBuf, StoreError> {
         let path = data_dir.join(FILE_NAME);
-        let conn = Connection::open(&path).map_err(err)?;
+        // NOFOLLOW: the master may be root, and the data dir belongs to the workers' user.
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod abuse;
 mod balance;
 mod cli;
 mod cluster;
