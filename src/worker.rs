@@ -172,9 +172,17 @@ const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
     let pid = std::process::id();
     crate::log::set_role(format!("worker {} pid {pid}", spec.id));
-    if let Err(e) = hygiene(&spec) {
-        tracing::error!(error = %e, "post-fork setup failed; exiting");
-        return exit_code::BOOT_FAILED;
+    match hygiene(&spec) {
+        Ok(()) => {}
+        // Retrying cannot make a user switch work: tell the master to stop, not to respawn.
+        Err(BootError::Config(e)) => {
+            tracing::error!(error = %e, "post-fork setup failed; the configuration cannot work");
+            return exit_code::CONFIG_INVALID;
+        }
+        Err(BootError::Transient(e)) => {
+            tracing::error!(error = %e, "post-fork setup failed; exiting");
+            return exit_code::BOOT_FAILED;
+        }
     }
     title::set(
         &format!("clusterd: worker {}", spec.id),
@@ -223,14 +231,15 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
 }
 
 /// Undoes what `fork` copied from the master and arms the parent-death signal.
-fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), String> {
-    signals::reset_in_child().map_err(|e| format!("resetting signals: {e}"))?;
+fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), BootError> {
+    signals::reset_in_child()
+        .map_err(|e| BootError::Transient(format!("resetting signals: {e}")))?;
     // Ctrl-C in a terminal signals the whole foreground process group, workers included. The
     // master turns it into a graceful stop of every worker; a worker that also acted on it would
     // drop its connections behind the master's back.
     // SAFETY: SIG_IGN installs no handler code; no other thread exists yet.
     unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }
-        .map_err(|e| format!("ignoring SIGINT: {e}"))?;
+        .map_err(|e| BootError::Transient(format!("ignoring SIGINT: {e}")))?;
     crate::process::close_fds_except(&[spec.listener, spec.ready.as_raw_fd()]);
     // Only the master may talk to systemd (the unit also says NotifyAccess=main).
     crate::systemd::forget_in_child();
@@ -238,16 +247,19 @@ fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), String> {
     // mint the same session ids. (Threads created later seed their own from the OS.)
     rand::rng()
         .reseed()
-        .map_err(|e| format!("reseeding the RNG: {e}"))?;
+        .map_err(|e| BootError::Transient(format!("reseeding the RNG: {e}")))?;
     if let Some((uid, gid)) = spec.credentials {
-        crate::privileges::drop_to(uid, gid).map_err(|e| format!("dropping privileges: {e}"))?;
+        crate::privileges::drop_to(uid, gid)
+            .map_err(|e| BootError::Config(format!("dropping privileges: {e}")))?;
     }
     // Set after the credential change, which clears it. TERM lets the worker tell "the master
     // asked" from "the master is gone" by checking its parent below and in the TERM handler.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
-        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+        .map_err(|e| BootError::Transient(format!("PR_SET_PDEATHSIG: {e}")))?;
     if nix::unistd::getppid() != spec.master {
-        return Err("the master died before this worker started".into());
+        return Err(BootError::Transient(
+            "the master died before this worker started".into(),
+        ));
     }
     Ok(())
 }

@@ -79,12 +79,18 @@ const KILL_MARGIN: Duration = Duration::from_secs(1);
 /// The longest the loop sleeps with nothing to do, so it stays observable (watchdog, status).
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// A rolling restart: the old workers still to replace, one slot at a time.
+/// A rolling restart: the old workers still to replace, one slot at a time, and the settings
+/// the new ones run with. The settings become the running ones only when every old worker is
+/// replaced; an aborted rollout drops them, so a configuration that failed never outlives it.
 struct Rollout {
     /// Workers of the old configuration still to be replaced.
     old: Vec<u64>,
     /// The replacement currently booting.
     pending: Option<Pending>,
+    /// The settings of the new workers.
+    config: ClusterConfig,
+    /// Every worker this rollout forked: one that dies right after it became ready stops it.
+    spawned: Vec<u64>,
 }
 
 /// A replacement booting in the slot of an old worker.
@@ -148,6 +154,8 @@ pub struct Master<A: WorkerApp> {
     announced_ready: bool,
     /// What the workers' health reports are about, for the status line.
     health_label: Option<String>,
+    /// Why the last reload failed, shown in the status line until the next one.
+    reload_error: Option<String>,
 }
 
 impl<A: WorkerApp> Master<A> {
@@ -189,6 +197,7 @@ impl<A: WorkerApp> Master<A> {
             all_ready: false,
             announced_ready: false,
             health_label: None,
+            reload_error: None,
         })
     }
 
@@ -322,6 +331,13 @@ impl<A: WorkerApp> Master<A> {
         if self.stopping.is_some() {
             return;
         }
+        // The service manager hears of every reload, also of one that fails at once: under
+        // Type=notify-reload, `systemctl reload` waits for READY=1 after RELOADING=1.
+        self.notifier.reloading();
+        let mut config = self
+            .rollout
+            .as_ref()
+            .map_or_else(|| self.config.clone(), |r| r.config.clone());
         if let Some(reload) = self.reload.as_mut() {
             match reload() {
                 Ok(new) => {
@@ -331,35 +347,49 @@ impl<A: WorkerApp> Master<A> {
                             "changed in the config, takes effect after a full restart"
                         );
                     }
-                    if new.cluster.workers != self.config.workers {
+                    if new.cluster.workers != config.workers {
                         let to = new.cluster.workers.max(self.min_workers);
                         tracing::info!(from = self.target, to, "worker count changed");
                         self.target = to;
                     }
                     // What is bound or resolved once at start stays as it is.
-                    let running = &self.config;
-                    self.config = ClusterConfig {
-                        bind: running.bind,
-                        backlog: running.backlog,
-                        sockets: running.sockets,
-                        user: running.user.clone(),
-                        group: running.group.clone(),
+                    config = ClusterConfig {
+                        bind: config.bind,
+                        backlog: config.backlog,
+                        sockets: config.sockets,
+                        user: config.user.clone(),
+                        group: config.group.clone(),
                         ..new.cluster
                     };
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "config reload failed; keeping the running configuration and workers");
+                    self.reload_error = Some(format!("reload failed: {e}"));
+                    self.notifier.ready(&self.status_line());
                     return;
                 }
             }
         }
+        self.reload_error = None;
         let old: Vec<u64> = self.table.live().map(|w| w.id).collect();
         tracing::info!(
             workers = old.len(),
             "reload: replacing workers one at a time"
         );
-        self.notifier.reloading();
-        self.rollout = Some(Rollout { old, pending: None });
+        self.rollout = Some(Rollout {
+            old,
+            pending: None,
+            config,
+            spawned: Vec::new(),
+        });
+    }
+
+    /// Ends a rolling restart that cannot go on: its settings are dropped, the workers not yet
+    /// replaced keep serving, and later forks use the running settings.
+    fn abort_rollout(&mut self, why: &str) {
+        self.rollout = None;
+        self.reload_error = Some(format!("reload aborted: {why}"));
+        self.notifier.ready(&self.status_line());
     }
 
     fn on_ttin(&mut self) {
@@ -406,9 +436,13 @@ impl<A: WorkerApp> Master<A> {
         }
     }
 
-    /// Forks one worker into `slot`. On failure logs, applies the back-off and returns `None`.
+    /// Forks one worker into `slot`, with the settings of a rollout under way (it is of the new
+    /// generation) or else the running ones. On failure logs, applies the back-off and returns
+    /// `None`.
     fn spawn(&mut self, slot: usize) -> Option<u64> {
         let id = self.next_id;
+        let config = self.rollout.as_ref().map_or(&self.config, |r| &r.config);
+        let (threads, graceful_timeout) = (config.threads, config.graceful_timeout);
         let listener: RawFd = match self.sockets.for_slot(slot) {
             Ok(fd) => fd,
             Err(e) => {
@@ -434,8 +468,8 @@ impl<A: WorkerApp> Master<A> {
             listener,
             ready: write,
             master: self.pid,
-            threads: self.config.threads,
-            graceful_timeout: self.config.graceful_timeout,
+            threads,
+            graceful_timeout,
             credentials: self.credentials,
         };
         // The closure (and the pipe's write end in it) is dropped in the master when `spawn`
@@ -452,9 +486,13 @@ impl<A: WorkerApp> Master<A> {
                     pipe: Some(read),
                     healthy: None,
                     ready: false,
+                    ready_at: None,
                     retiring: None,
                     closing_socket: None,
                 });
+                if let Some(r) = self.rollout.as_mut() {
+                    r.spawned.push(id);
+                }
                 Some(id)
             }
             Err(ProcessError::Threaded(n)) => {
@@ -549,7 +587,7 @@ impl<A: WorkerApp> Master<A> {
                         "replacement not ready after {BOOT_TIMEOUT:?}; reload aborted, old workers keep serving"
                     );
                     self.retire(p.new, Signal::SIGKILL, Duration::ZERO);
-                    self.notifier.ready(&self.status_line());
+                    self.abort_rollout("a new worker was not ready in time");
                     return;
                 }
                 Some(_) => {
@@ -563,21 +601,24 @@ impl<A: WorkerApp> Master<A> {
         rollout.old.retain(|old| self.table.is_live(*old));
         let Some(&old) = rollout.old.last() else {
             tracing::info!("reload complete: every worker replaced");
+            self.config = rollout.config;
             self.notifier.ready(&self.status_line());
             return;
         };
-        if Instant::now() >= self.respawn_at {
-            let slot = self.table.get(old).map_or(0, |w| w.slot);
-            if let Some(new) = self.spawn(slot) {
-                rollout.old.pop();
-                rollout.pending = Some(Pending {
-                    new,
-                    old,
-                    deadline: Instant::now() + BOOT_TIMEOUT,
-                });
-            }
-        }
+        let slot = self.table.get(old).map_or(0, |w| w.slot);
+        // Back in place before forking: `spawn` takes the new settings from it.
         self.rollout = Some(rollout);
+        if Instant::now() >= self.respawn_at
+            && let Some(new) = self.spawn(slot)
+            && let Some(r) = self.rollout.as_mut()
+        {
+            r.old.pop();
+            r.pending = Some(Pending {
+                new,
+                old,
+                deadline: Instant::now() + BOOT_TIMEOUT,
+            });
+        }
     }
 
     fn pending_id(&self) -> Option<u64> {
@@ -605,11 +646,27 @@ impl<A: WorkerApp> Master<A> {
                 cause = %death.describe(),
                 "replacement died before it was ready; reload aborted, old workers keep serving"
             );
-            self.rollout = None;
             let delay = self.backoff.on_death(false, uptime);
             self.delay(delay);
-            self.notifier.ready(&self.status_line());
+            self.abort_rollout(&format!("a new worker {}", death.describe()));
             return;
+        }
+        let young = w
+            .ready_at
+            .is_none_or(|at| at.elapsed() < self.backoff.min_uptime);
+        if young
+            && self
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.spawned.contains(&w.id))
+        {
+            tracing::error!(
+                worker = w.id,
+                pid = pid.as_raw(),
+                cause = %death.describe(),
+                "a new worker died right after it was ready; reload aborted, the workers not yet replaced keep serving, the slot gets the running configuration"
+            );
+            self.abort_rollout(&format!("a new worker {}", death.describe()));
         }
         if self.stopping.is_some() {
             tracing::info!(worker = w.id, pid = pid.as_raw(), cause = %death.describe(), "worker stopped");
@@ -709,6 +766,7 @@ impl<A: WorkerApp> Master<A> {
                             match byte {
                                 message::READY => {
                                     w.ready = true;
+                                    w.ready_at = Some(Instant::now());
                                     tracing::info!(
                                         worker = w.id,
                                         slot = w.slot,
@@ -779,6 +837,7 @@ impl<A: WorkerApp> Master<A> {
             reloading: self.rollout.is_some(),
             health: self.table.live().filter_map(|w| w.healthy).collect(),
             label: self.health_label.as_deref(),
+            note: self.reload_error.as_deref(),
         }
         .line()
     }

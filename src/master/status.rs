@@ -15,6 +15,8 @@ pub struct Snapshot<'a> {
     pub health: Vec<bool>,
     /// What the health reports are about ("store redis"), if the app reports any.
     pub label: Option<&'a str>,
+    /// Something the operator should know, e.g. why the last reload failed.
+    pub note: Option<&'a str>,
 }
 
 impl Snapshot<'_> {
@@ -41,6 +43,10 @@ impl Snapshot<'_> {
         } else if self.label.is_some() {
             s.push_str(&format!(", {label}"));
         }
+        if let Some(note) = self.note {
+            s.push_str("; ");
+            s.push_str(note);
+        }
         s
     }
 }
@@ -58,6 +64,7 @@ mod tests {
             reloading: true,
             health: vec![true, false],
             label: Some("store redis"),
+            note: None,
         };
         assert_eq!(
             s.line(),
@@ -68,5 +75,10 @@ mod tests {
         assert_eq!(s.line(), "1/2 workers ready, 3 restarts, store redis ok");
         s.health.clear();
         assert_eq!(s.line(), "1/2 workers ready, 3 restarts, store redis");
+        s.note = Some("reload failed: parsing config file x: bad");
+        assert_eq!(
+            s.line(),
+            "1/2 workers ready, 3 restarts, store redis; reload failed: parsing config file x: bad"
+        );
     }
 }

@@ -26,6 +26,8 @@ pub struct Worker {
     pub healthy: Option<bool>,
     /// It reported that it serves.
     pub ready: bool,
+    /// When it reported that.
+    pub ready_at: Option<Instant>,
     /// Set when the master asked it to stop: its death is then expected.
     pub retiring: Option<Retiring>,
     /// The serial of its slot's socket when the slot went away and this worker holds the socket
@@ -113,6 +115,7 @@ mod tests {
             pipe: None,
             healthy: None,
             ready: true,
+            ready_at: None,
             retiring: retiring.then(|| Retiring {
                 kill_at: Instant::now(),
                 killed: false,

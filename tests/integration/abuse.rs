@@ -93,3 +93,31 @@ fn the_embedded_store_is_created_private() {
     assert_eq!(mode, 0o600, "{}", db.display());
     assert_eq!(c.get("/healthz").status, 200);
 }
+
+/// Root without CAP_SETUID and CAP_SETGID (dropped from the bounding set by `setpriv` before
+/// exec) cannot switch users: the workers report a configuration error and the master stops
+/// with exit code 4 instead of forking them again and again.
+#[test]
+#[ignore = "needs root: run `cargo test -- --include-ignored` as root (CI does)"]
+fn a_failed_privilege_drop_stops_the_service_with_exit_code_4() {
+    let mut c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .arg("--user")
+            .arg("nobody")
+            .no_wait()
+            .wrapped(&["setpriv", "--bounding-set", "-setuid,-setgid"]),
+    );
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(15)),
+        Some(4),
+        "{}",
+        c.log_text()
+    );
+    let log = c.log_text();
+    assert!(log.contains("dropping privileges"), "{log}");
+    assert!(
+        log.lines().filter(|l| l.contains("worker started")).count() <= 2,
+        "no respawns:\n{log}"
+    );
+}

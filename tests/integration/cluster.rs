@@ -354,6 +354,40 @@ fn hup_keeps_the_old_workers_when_the_new_ones_cannot_start() {
 }
 
 #[test]
+fn an_aborted_reload_leaves_the_running_settings_for_later_workers() {
+    let dir = TempDir::new("hup-abort-settings");
+    let flag = dir.path().join("fail");
+    let file = dir.path().join("clusterd.toml");
+    std::fs::write(&file, "threads = 1\n").unwrap();
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .arg("--config")
+            .arg(file.to_str().unwrap())
+            .env("CLUSTERD_TEST_BOOT_EXIT_FILE", flag.to_str().unwrap()),
+    );
+    // The new settings come with workers that cannot boot: the reload is aborted...
+    std::fs::write(&file, "threads = 2\n").unwrap();
+    std::fs::write(&flag, "3").unwrap();
+    c.signal(Signal::SIGHUP);
+    c.wait_log(T, "reload aborted");
+    std::fs::remove_file(&flag).unwrap();
+    // ...and a worker forked later, to replace a crashed one, runs with the settings in force.
+    let victim = c.workers()[0];
+    signal(victim, Signal::SIGKILL);
+    let replacement = eventually(T, "a replacement", || {
+        let w = c.workers();
+        (w.len() == 2 && !w.contains(&victim)).then(|| w.into_iter().max().unwrap())
+    });
+    c.wait_log_count(T, "worker ready", 3);
+    assert_eq!(
+        server_threads(replacement),
+        1,
+        "the aborted reload's threads = 2 is gone"
+    );
+}
+
+#[test]
 fn ttin_and_ttou_change_the_worker_count() {
     let c = Clusterd::start(Opts::default().workers(1));
     c.signal(Signal::SIGTTIN);

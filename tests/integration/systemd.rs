@@ -172,6 +172,43 @@ fn the_master_alone_notifies_ready_status_reloading_watchdog_and_stopping() {
 }
 
 #[test]
+fn a_reload_with_a_broken_config_still_answers_the_service_manager() {
+    let m = Manager::start();
+    let dir = TempDir::new("broken-reload");
+    let file = dir.path().join("clusterd.toml");
+    std::fs::write(&file, "threads = 1\n").unwrap();
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .arg("--config")
+            .arg(file.to_str().unwrap())
+            .env("NOTIFY_SOCKET", m.path.to_str().unwrap()),
+    );
+    let ready = m.wait(0, "READY=1");
+    let before = c.workers();
+    std::fs::write(&file, "threads = [unclosed\n").unwrap();
+    let sent = Instant::now();
+    c.signal(Signal::SIGHUP);
+    // Under Type=notify-reload, `systemctl reload` waits for exactly these two.
+    let reloading = m.wait(ready + 1, "RELOADING=1");
+    let answer = m.wait(reloading + 1, "READY=1");
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    let text = &m.all()[answer].1;
+    assert!(
+        text.contains("STATUS=") && text.contains("reload failed: parsing config file"),
+        "READY=1 comes with a status naming the error: {text:?}"
+    );
+    assert_eq!(c.workers(), before, "the old workers keep serving");
+    assert_eq!(c.get("/healthz").status, 200);
+    // A good file afterwards reloads as usual and clears the error from the status.
+    std::fs::write(&file, "threads = 1\n").unwrap();
+    c.signal(Signal::SIGHUP);
+    c.wait_log(T, "reload complete");
+    let done = m.wait(answer + 1, "READY=1");
+    assert!(!m.all()[done].1.contains("failed"), "{:?}", m.all()[done]);
+}
+
+#[test]
 fn socket_activation_adopts_the_passed_socket() {
     let port = free_port();
     // systemd-socket-activate listens, and starts clusterd (with the socket as fd 3) when the
