@@ -138,10 +138,13 @@ fn run(
             .map_err(fail(1))?,
     };
 
+    // About one hashing thread per CPU across the cluster: argon2 takes a CPU and ~19 MiB each.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let app = DemoApp {
         session,
         key: cookie_key,
         users: Arc::new(users),
+        hash_threads: cpus.div_ceil(cluster.workers).max(1),
     };
     let args = cli.args;
     let running = config.clone();

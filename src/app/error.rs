@@ -30,6 +30,12 @@ pub enum AppError {
     /// The session store did not answer.
     #[error("session store unavailable; retry shortly")]
     StoreUnavailable,
+    /// Every password-hashing thread is busy and the queue is full: 503, retry in a second.
+    #[error("too many logins in progress; retry shortly")]
+    Busy,
+    /// A state-changing request from another site (login CSRF).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// No such route.
     #[error("not found")]
     NotFound,
@@ -46,7 +52,8 @@ impl ResponseError for AppError {
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::StoreUnavailable | AppError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -57,7 +64,7 @@ impl ResponseError for AppError {
             .json(serde_json::json!({ "error": self.to_string() }));
         let retry = match self {
             AppError::TooManyRequests { retry_after } => Some(*retry_after),
-            AppError::StoreUnavailable => Some(1),
+            AppError::StoreUnavailable | AppError::Busy => Some(1),
             _ => None,
         };
         if let Some(secs) = retry {

@@ -10,8 +10,10 @@
 //! | anything else  | 404 / 405 JSON                                                          |
 
 pub mod error;
+pub mod hasher;
 pub mod users;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,10 +44,17 @@ pub const MAX_BODY: usize = 4096;
 pub const MAX_USERNAME: usize = 64;
 /// Longest password accepted (argon2 would take anything; a megabyte is no password).
 pub const MAX_PASSWORD: usize = 1024;
-/// Failed logins for one user name before 429.
-pub const USER_FAILURE_LIMIT: u64 = 5;
-/// Failed logins from one client address before 429.
+/// Failed logins for one user name from one client network (an IPv4 address, an IPv6 /64)
+/// before 429: the limit a guesser at one address meets.
+pub const PAIR_FAILURE_LIMIT: u64 = 5;
+/// Failed logins for one user name from anywhere before 429: looser, so that guessing from
+/// one network locks the user out of that network only, while guessing spread over many networks
+/// is still capped.
+pub const USER_FAILURE_LIMIT: u64 = 50;
+/// Failed logins from one client network, whatever the user name, before 429.
 pub const ADDR_FAILURE_LIMIT: u64 = 20;
+/// Logins that may wait for a hashing thread in each worker before 503.
+pub const HASH_QUEUE: usize = 32;
 /// Window in which failures are counted, from the first failure.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// How often each worker checks that the store answers, for `/healthz`.
@@ -59,6 +68,8 @@ pub struct DemoApp {
     pub key: Key,
     /// Users and their hashes.
     pub users: Arc<Users>,
+    /// Password-hashing threads per worker (each verification takes ~19 MiB while it runs).
+    pub hash_threads: usize,
 }
 
 /// Per-worker state, cloned into each server thread.
@@ -70,6 +81,8 @@ pub struct DemoState {
     session: Arc<SessionConfig>,
     /// Whether the store answered when the worker booted (the probes take over from there).
     up_at_boot: bool,
+    /// The worker's password-hashing threads.
+    hasher: hasher::Hasher,
 }
 
 /// A server thread's own store handle. Each thread opens its own Redis connection (or SQLite
@@ -108,6 +121,8 @@ impl WorkerApp for DemoApp {
             key: self.key.clone(),
             session: Arc::new(self.session.clone()),
             up_at_boot: false,
+            hasher: hasher::Hasher::new(self.hash_threads, HASH_QUEUE)
+                .map_err(|e| BootError::Transient(format!("starting hashing threads: {e}")))?,
         };
         // Checks the configuration once per worker; this handle then only purges expired rows.
         let store = state.open_store()?;
@@ -323,6 +338,47 @@ fn retry_after(c: crate::session::Counter) -> AppError {
     }
 }
 
+/// The client's network for the throttle: an IPv4 address, or the /64 of an IPv6 one (a host
+/// usually has a whole /64, and could otherwise rotate through it).
+fn client_network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Refuses a state-changing request that a browser says comes from another site (login CSRF:
+/// a page elsewhere posting a form that signs the victim in as the attacker). Browsers send
+/// `Sec-Fetch-Site`; older ones `Origin`, compared with `Host`. A request with neither (curl,
+/// programs) is not a browser's cross-site request.
+fn check_same_site(req: &HttpRequest) -> Result<(), AppError> {
+    const REFUSED: &str = "cross-site request refused";
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return match site {
+            "same-origin" | "same-site" | "none" => Ok(()),
+            _ => Err(AppError::Forbidden(REFUSED)),
+        };
+    }
+    if let Some(origin) = header("origin") {
+        let host = header("host").unwrap_or("");
+        let origin_host = origin
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .trim_end_matches('/');
+        if origin == "null" || !origin_host.eq_ignore_ascii_case(host) {
+            return Err(AppError::Forbidden(REFUSED));
+        }
+    }
+    Ok(())
+}
+
 async fn login(
     req: HttpRequest,
     payload: web::Payload,
@@ -330,38 +386,49 @@ async fn login(
     state: web::Data<DemoState>,
     thread: web::Data<ThreadStore>,
 ) -> Result<HttpResponse, AppError> {
+    check_same_site(&req)?;
     let creds = read_credentials(&req, payload).await?;
     let store = &thread.store;
-    let user_key = format!("user:{}", creds.username);
-    let addr_key = format!(
-        "addr:{}",
-        req.peer_addr()
-            .map_or_else(|| "unknown".into(), |a| a.ip().to_string())
-    );
-    // Both counters live in the shared store, so every worker (and host) sees the same counts.
-    let (by_user, by_addr) = (
-        store.counter(&user_key).await?,
-        store.counter(&addr_key).await?,
-    );
-    if by_user.count >= USER_FAILURE_LIMIT {
-        return Err(retry_after(by_user));
-    }
-    if by_addr.count >= ADDR_FAILURE_LIMIT {
-        return Err(retry_after(by_addr));
+    let net = req
+        .peer_addr()
+        .map_or_else(|| "unknown".into(), |a| client_network(a.ip()));
+    let pair = format!("pair:{net}:{}", creds.username);
+    let names = [
+        pair.clone(),
+        format!("user:{}", creds.username),
+        format!("addr:{net}"),
+    ];
+    let limits = [PAIR_FAILURE_LIMIT, USER_FAILURE_LIMIT, ADDR_FAILURE_LIMIT];
+    // The attempt is counted before the password is checked, atomically in the shared store: of
+    // any number of concurrent guesses, at most the limit get as far as argon2. A refused
+    // attempt gives its counts back, so guesses that were refused lock nobody out further.
+    let counts = store.reserve(&names, FAILURE_WINDOW).await?;
+    if let Some((c, _)) = counts.iter().zip(limits).find(|(c, l)| c.count > *l) {
+        let refused = retry_after(*c);
+        store.release(&names).await?;
+        return Err(refused);
     }
     let users = Arc::clone(&state.users);
     let name = creds.username.clone();
-    // argon2 costs milliseconds of CPU: keep it off the thread that serves other requests.
-    let ok = web::block(move || users.verify(&name, &creds.password))
+    let ok = match state
+        .hasher
+        .run(move || users.verify(&name, &creds.password))
         .await
-        .unwrap_or(false);
+    {
+        Ok(ok) => ok,
+        Err(hasher::Busy) => {
+            store.release(&names).await?;
+            return Err(AppError::Busy);
+        }
+    };
     if !ok {
-        let u = store.record_failure(&user_key, FAILURE_WINDOW).await?;
-        store.record_failure(&addr_key, FAILURE_WINDOW).await?;
-        tracing::info!(user = %creds.username, failures = u.count, "failed login");
+        tracing::info!(user = %creds.username, failures = counts[0].count, "failed login");
         return Err(AppError::Unauthorized("invalid username or password"));
     }
-    store.clear_counter(&user_key).await?;
+    // Success: this network's failures for the user are forgotten; the attempt is given back
+    // to the looser counters.
+    store.clear_counter(&pair).await?;
+    store.release(&names[1..]).await?;
     // A new id at login: a session id planted before login is worthless after it.
     session.renew();
     session
@@ -392,10 +459,11 @@ async fn me(session: Session, state: web::Data<DemoState>) -> Result<HttpRespons
     })))
 }
 
-async fn logout(session: Session) -> HttpResponse {
+async fn logout(req: HttpRequest, session: Session) -> Result<HttpResponse, AppError> {
+    check_same_site(&req)?;
     // purge deletes the record in the store and expires the cookie.
     session.purge();
-    HttpResponse::Ok().json(serde_json::json!({ "status": "logged out" }))
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "logged out" })))
 }
 
 /// Debug builds only: a request that takes `ms` milliseconds (at most 10 s), so tests can have
@@ -456,6 +524,7 @@ mod tests {
             session: config.session,
             key: Key::generate(),
             users: Arc::new(Users::load(None).unwrap()),
+            hash_threads: 1,
         };
         let info = WorkerInfo {
             id: 3,

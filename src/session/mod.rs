@@ -52,7 +52,7 @@ pub enum Store {
 /// Count and remaining window of a failed-login counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
-    /// Failures recorded in the current window.
+    /// Attempts counted in the current window (this one included).
     pub count: u64,
     /// Time until the window (and the counter) expires.
     pub resets_in: Duration,
@@ -81,18 +81,19 @@ impl Store {
         dispatch!(self, s => s.ping().await)
     }
 
-    /// Current value of a failure counter.
-    pub async fn counter(&self, name: &str) -> Result<Counter, StoreError> {
-        dispatch!(self, s => s.counter(name).await)
+    /// Takes one attempt on each named counter, atomically per counter, and returns the counts
+    /// including this attempt. The window of a counter starts with its first attempt.
+    pub async fn reserve(
+        &self,
+        names: &[String],
+        window: Duration,
+    ) -> Result<Vec<Counter>, StoreError> {
+        dispatch!(self, s => s.reserve(names, window).await)
     }
 
-    /// Adds one failure; the window starts with the first failure.
-    pub async fn record_failure(
-        &self,
-        name: &str,
-        window: Duration,
-    ) -> Result<Counter, StoreError> {
-        dispatch!(self, s => s.record_failure(name, window).await)
+    /// Gives back an attempt taken by [`Store::reserve`] (it was refused, or it succeeded).
+    pub async fn release(&self, names: &[String]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release(names).await)
     }
 
     /// Drops a counter (after a successful login).

@@ -232,46 +232,51 @@ impl RedisStore {
             .map(drop)
     }
 
-    /// GET and PTTL of a counter.
-    pub async fn counter(&self, name: &str) -> Result<Counter, StoreError> {
-        let key = self.counter_key(name);
-        let (count, pttl): (Option<u64>, i64) = self
-            .pipe(redis::pipe().cmd("GET").arg(&key).cmd("PTTL").arg(&key))
-            .await?;
-        Ok(Counter {
-            count: count.unwrap_or(0),
-            resets_in: Duration::from_millis(pttl.max(0) as u64),
-        })
+    /// Takes one attempt on each counter: SET NX PX (the window starts with the first attempt)
+    /// + INCR + PTTL per counter, in one MULTI. Concurrent attempts each get their own count, so
+    /// the limit holds however many arrive at once.
+    pub async fn reserve(
+        &self,
+        names: &[String],
+        window: Duration,
+    ) -> Result<Vec<Counter>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for name in names {
+            let key = self.counter_key(name);
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(0)
+                .arg("NX")
+                .arg("PX")
+                .arg(window.as_millis() as u64)
+                .ignore()
+                .cmd("INCR")
+                .arg(&key)
+                .cmd("PTTL")
+                .arg(&key);
+        }
+        let replies: Vec<i64> = self.pipe(&pipe).await?;
+        Ok(replies
+            .chunks(2)
+            .map(|r| Counter {
+                count: r[0].max(0) as u64,
+                resets_in: Duration::from_millis(r.get(1).copied().unwrap_or(0).max(0) as u64),
+            })
+            .collect())
     }
 
-    /// SET NX (starting the window) + INCR + PTTL, in one MULTI so workers never see a counter
-    /// without its expiry.
-    pub async fn record_failure(
-        &self,
-        name: &str,
-        window: Duration,
-    ) -> Result<Counter, StoreError> {
-        let key = self.counter_key(name);
-        let (_, count, pttl): (Option<String>, u64, i64) = self
-            .pipe(
-                redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(0)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(window.as_millis() as u64)
-                    .cmd("INCR")
-                    .arg(&key)
-                    .cmd("PTTL")
-                    .arg(&key),
-            )
-            .await?;
-        Ok(Counter {
-            count,
-            resets_in: Duration::from_millis(pttl.max(0) as u64),
-        })
+    /// Gives back an attempt taken by [`RedisStore::reserve`]. A counter that reaches zero, or
+    /// had expired meanwhile (DECR would create it at -1, without expiry), is deleted.
+    pub async fn release(&self, names: &[String]) -> Result<(), StoreError> {
+        const RELEASE: &str = "for _, k in ipairs(KEYS) do \
+            if redis.call('DECR', k) <= 0 then redis.call('DEL', k) end end return 0";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RELEASE).arg(names.len());
+        for name in names {
+            cmd.arg(self.counter_key(name));
+        }
+        self.query::<i64>(&cmd).await.map(drop)
     }
 
     /// DEL of a counter.

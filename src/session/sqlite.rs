@@ -218,46 +218,56 @@ impl SqliteStore {
         .await
     }
 
-    /// A failure counter's value.
-    pub async fn counter(&self, name: &str) -> Result<Counter, StoreError> {
-        let name = name.to_string();
+    /// Takes one attempt on each counter, in one transaction (each upsert is atomic too, so
+    /// concurrent workers never lose or share a count).
+    pub async fn reserve(
+        &self,
+        names: &[String],
+        window: Duration,
+    ) -> Result<Vec<Counter>, StoreError> {
+        let names = names.to_vec();
         self.with(move |c| {
             let now = now_ms();
-            let row: Option<(i64, i64)> = c
-                .query_row(
-                    "SELECT count, expires_at_ms FROM counters WHERE name = ?1 AND expires_at_ms > ?2",
-                    params![name, now],
+            let tx = c.unchecked_transaction()?;
+            let mut out = Vec::new();
+            for name in &names {
+                let (count, exp): (i64, i64) = tx.query_row(
+                    "INSERT INTO counters (name, count, expires_at_ms) VALUES (?1, 1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET
+                         count = CASE WHEN counters.expires_at_ms > ?3 THEN counters.count + 1 ELSE 1 END,
+                         expires_at_ms = CASE WHEN counters.expires_at_ms > ?3 THEN counters.expires_at_ms
+                                              ELSE excluded.expires_at_ms END
+                     RETURNING count, expires_at_ms",
+                    params![name, now + window.as_millis() as i64, now],
                     |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            Ok(row.map_or(Counter { count: 0, resets_in: Duration::ZERO }, |(count, exp)| Counter {
-                count: count as u64,
-                resets_in: Duration::from_millis((exp - now).max(0) as u64),
-            }))
+                )?;
+                out.push(Counter {
+                    count: count.max(0) as u64,
+                    resets_in: Duration::from_millis((exp - now).max(0) as u64),
+                });
+            }
+            tx.commit()?;
+            Ok(out)
         })
         .await
     }
 
-    /// Adds one failure in one statement, so concurrent workers never lose a count.
-    pub async fn record_failure(
-        &self,
-        name: &str,
-        window: Duration,
-    ) -> Result<Counter, StoreError> {
-        let name = name.to_string();
+    /// Gives back an attempt taken by [`SqliteStore::reserve`]; a counter at zero is deleted.
+    pub async fn release(&self, names: &[String]) -> Result<(), StoreError> {
+        let names = names.to_vec();
         self.with(move |c| {
-            let now = now_ms();
-            let (count, exp): (i64, i64) = c.query_row(
-                "INSERT INTO counters (name, count, expires_at_ms) VALUES (?1, 1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET
-                     count = CASE WHEN counters.expires_at_ms > ?3 THEN counters.count + 1 ELSE 1 END,
-                     expires_at_ms = CASE WHEN counters.expires_at_ms > ?3 THEN counters.expires_at_ms
-                                          ELSE excluded.expires_at_ms END
-                 RETURNING count, expires_at_ms",
-                params![name, now + window.as_millis() as i64, now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            Ok(Counter { count: count as u64, resets_in: Duration::from_millis((exp - now).max(0) as u64) })
+            let tx = c.unchecked_transaction()?;
+            for name in &names {
+                tx.execute(
+                    "UPDATE counters SET count = count - 1 WHERE name = ?1",
+                    [name],
+                )?;
+                tx.execute(
+                    "DELETE FROM counters WHERE name = ?1 AND count <= 0",
+                    [name],
+                )?;
+            }
+            tx.commit()
         })
         .await
     }

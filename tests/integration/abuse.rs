@@ -121,3 +121,150 @@ fn a_failed_privilege_drop_stops_the_service_with_exit_code_4() {
         "no respawns:\n{log}"
     );
 }
+
+/// Sends `n` logins at once (each on its own connection, all connected before any is sent)
+/// and returns the responses.
+fn login_storm(c: &Clusterd, n: usize, password: &str) -> Vec<Response> {
+    let body = format!(r#"{{"username":"alice","password":"{password}"}}"#);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (addr, body, barrier) = (c.addr, body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                barrier.wait();
+                write_request(
+                    &mut s,
+                    "POST",
+                    "/login",
+                    &[("content-type", "application/json")],
+                    body.as_bytes(),
+                    false,
+                )
+                .unwrap();
+                read_response(&mut std::io::BufReader::new(s)).expect("an answer")
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn statuses(rs: &[Response]) -> std::collections::BTreeMap<u16, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in rs {
+        *m.entry(r.status).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn concurrent_guesses_cannot_pass_the_limit() {
+    let r = Redis::start();
+    let c = Clusterd::start(Opts::default().workers(2).redis(&r));
+    let rs = login_storm(&c, 100, "wrong");
+    let s = statuses(&rs);
+    let unauthorized = s.get(&401).copied().unwrap_or(0);
+    assert!(unauthorized <= 5, "at most the limit was verified: {s:?}");
+    for r in &rs {
+        assert!([401, 429, 503].contains(&r.status), "{s:?}");
+        if r.status != 401 {
+            assert!(
+                r.header("retry-after").is_some(),
+                "{} without Retry-After",
+                r.status
+            );
+        }
+    }
+    // The guesses from this address lock alice out of this address, within the limit.
+    let right = post_login(&c, "wonderland");
+    assert_eq!(right.status, 429, "{}", right.text());
+}
+
+fn post_login(c: &Clusterd, password: &str) -> Response {
+    let body = format!(r#"{{"username":"alice","password":"{password}"}}"#);
+    request(
+        c.addr,
+        "POST",
+        "/login",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .unwrap()
+}
+
+/// Sum of the peak resident memory (VmHWM) of the master and its workers, in bytes.
+fn peak_rss(c: &Clusterd) -> u64 {
+    std::iter::once(c.pid())
+        .chain(c.workers())
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        })
+        .sum()
+}
+
+#[test]
+fn a_login_storm_is_answered_within_bounded_memory() {
+    let c = Clusterd::start(Opts::default().workers(2));
+    let rs = login_storm(&c, 300, "wonderland");
+    let s = statuses(&rs);
+    for r in &rs {
+        assert!([200, 429, 503].contains(&r.status), "{s:?}: {}", r.text());
+        if r.status != 200 {
+            assert!(r.header("retry-after").is_some(), "{s:?}");
+        }
+    }
+    assert!(
+        s.get(&200).copied().unwrap_or(0) > 0,
+        "some logins got through: {s:?}"
+    );
+    let peak = peak_rss(&c);
+    assert!(
+        peak <= 256 << 20,
+        "master + workers peaked at {} MiB: {s:?}",
+        peak >> 20
+    );
+}
+
+#[test]
+fn state_changing_posts_from_another_site_are_refused() {
+    let c = Clusterd::start(Opts::default().workers(1));
+    let body = br#"{"username":"alice","password":"wonderland"}"#;
+    let json = ("content-type", "application/json");
+    let cases: [(&[(&str, &str)], u16); 5] = [
+        (&[json, ("sec-fetch-site", "cross-site")], 403),
+        (&[json, ("origin", "http://evil.example")], 403),
+        (&[json, ("origin", "null")], 403),
+        (&[json, ("sec-fetch-site", "same-origin")], 200),
+        (&[json], 200),
+    ];
+    for (headers, want) in cases {
+        let r = request(c.addr, "POST", "/login", headers, body).unwrap();
+        assert_eq!(r.status, want, "{headers:?}: {}", r.text());
+    }
+    // The harness sends `Host: 127.0.0.1`; an Origin naming that host is the same site.
+    let r = request(
+        c.addr,
+        "POST",
+        "/login",
+        &[json, ("origin", "http://127.0.0.1")],
+        body,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "same origin: {}", r.text());
+    let r = request(
+        c.addr,
+        "POST",
+        "/logout",
+        &[("sec-fetch-site", "cross-site")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+}

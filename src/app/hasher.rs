@@ -1,0 +1,141 @@
+//! Password hashing off the request path: a small pool of threads per worker with a bounded
+//! queue. Runs in workers (created after `fork`, in `DemoApp::init`).
+//!
+//! argon2 costs milliseconds of CPU and about 19 MiB of memory per verification (the memory
+//! cost in the hash). Run on actix's blocking pool, 300 parallel logins started up to 512
+//! threads per worker and took 3.4 GiB. Here each worker has `threads` hashing threads, so the
+//! memory is bounded by threads × workers × 19 MiB, and at most `queue` logins wait; the next one
+//! is answered 503 with Retry-After at once. The threads run at the lowest priority (nice 19,
+//! SCHED_BATCH), so when logins and signed-in traffic compete for CPU the signed-in requests win.
+
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The pool is busy: every thread is hashing and the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// A bounded pool of low-priority threads.
+#[derive(Clone)]
+pub struct Hasher {
+    jobs: SyncSender<Job>,
+}
+
+impl Hasher {
+    /// Starts `threads` threads that share a queue of `queue` jobs.
+    pub fn new(threads: usize, queue: usize) -> std::io::Result<Self> {
+        let (jobs, rx) = sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("hasher-{i}"))
+                .spawn(move || run(rx))?;
+        }
+        Ok(Hasher { jobs })
+    }
+
+    /// Runs `f` on a hashing thread and waits for its result, or fails at once with [`Busy`].
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => rx.await.map_err(|_| Busy),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
+        }
+    }
+}
+
+fn run(rx: Arc<Mutex<Receiver<Job>>>) {
+    lower_priority();
+    loop {
+        // The lock is held only while waiting for the next job, not while running it.
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(),
+            // The worker is exiting.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Nice 19 and SCHED_BATCH for the calling thread (Linux applies both per thread). Failure only
+/// costs latency, so it is logged, not fatal.
+fn lower_priority() {
+    // SAFETY: plain system calls on the calling thread, with a parameter struct that outlives
+    // the call.
+    unsafe {
+        let param = nix::libc::sched_param { sched_priority: 0 };
+        if nix::libc::sched_setscheduler(0, nix::libc::SCHED_BATCH, &param) != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "SCHED_BATCH for the hashing thread"
+            );
+        }
+        // With PRIO_PROCESS and 0, Linux changes the calling thread only.
+        if nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "nice 19 for the hashing thread"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_answers_busy_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let h = Hasher::new(1, 1).unwrap();
+            let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+            let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+            // The thread takes the first job and blocks in it; the second fills the queue.
+            let first = tokio::spawn({
+                let h = h.clone();
+                async move {
+                    h.run(move || {
+                        started_tx.send(()).unwrap();
+                        hold_rx.recv().unwrap();
+                        1
+                    })
+                    .await
+                }
+            });
+            // Let the task submit its job, until the thread runs it.
+            while started_rx.try_recv().is_err() {
+                tokio::task::yield_now().await;
+            }
+            let second = tokio::spawn({
+                let h = h.clone();
+                async move { h.run(|| 2).await }
+            });
+            tokio::task::yield_now().await;
+            assert_eq!(
+                h.run(|| 3).await,
+                Err(Busy),
+                "third: thread busy, queue full"
+            );
+            hold_tx.send(()).unwrap();
+            assert_eq!(first.await.unwrap(), Ok(1));
+            assert_eq!(second.await.unwrap(), Ok(2));
+            assert_eq!(h.run(|| 4).await, Ok(4), "free again");
+        });
+    }
+}
