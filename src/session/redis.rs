@@ -232,9 +232,9 @@ impl RedisStore {
             .map(drop)
     }
 
-    /// Takes one attempt on each counter: SET NX PX (the window starts with the first attempt)
-    /// + INCR + PTTL per counter, in one MULTI. Concurrent attempts each get their own count, so
-    /// the limit holds however many arrive at once.
+    /// Takes one attempt on each counter: SET NX PX (the window starts with the first attempt),
+    /// INCR and PTTL per counter, in one MULTI. Concurrent attempts each get their own count,
+    /// so the limit holds however many arrive at once.
     pub async fn reserve(
         &self,
         names: &[String],
