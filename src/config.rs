@@ -80,6 +80,9 @@ pub struct Args {
     /// Seconds a stopping worker may spend finishing requests before it is killed [default: 30]
     #[arg(long, env = "CLUSTERD_GRACEFUL_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
     pub graceful_timeout: Option<u64>,
+    /// Seconds a client has to send a whole request, head and body, before it gets 408 or is cut off [default: 10]
+    #[arg(long, env = "CLUSTERD_READ_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+    pub read_timeout: Option<u64>,
     /// Listening sockets: per-worker (SO_REUSEPORT, kernel-balanced), shared, or per-worker-port (port + slot) [default: per-worker]
     #[arg(long, env = "CLUSTERD_SOCKETS", value_name = "MODE")]
     pub sockets: Option<SocketMode>,
@@ -151,6 +154,7 @@ struct FileArgs {
     workers: Option<usize>,
     threads: Option<usize>,
     graceful_timeout: Option<u64>,
+    read_timeout: Option<u64>,
     sockets: Option<String>,
     backlog: Option<u32>,
     redis_url: Option<String>,
@@ -177,6 +181,8 @@ pub struct ClusterConfig {
     pub threads: usize,
     /// How long a stopping worker may take before it is killed.
     pub graceful_timeout: Duration,
+    /// How long a client may take to send a whole request (head and body).
+    pub read_timeout: Duration,
     /// How the workers' listening sockets are laid out.
     pub sockets: SocketMode,
     /// Accept-queue length passed to `listen(2)`.
@@ -196,6 +202,7 @@ impl Default for ClusterConfig {
             workers: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             threads: 1,
             graceful_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(10),
             sockets: SocketMode::default(),
             backlog: 1024,
             user: None,
@@ -284,6 +291,7 @@ impl Config {
             file.graceful_timeout,
             30,
         )?;
+        let read_timeout = pick_secs("read-timeout", args.read_timeout, file.read_timeout, 10)?;
         let sockets = match (args.sockets, file.sockets) {
             (Some(m), _) => m,
             (None, Some(s)) => s.parse().map_err(|e| invalid("sockets", e))?,
@@ -356,6 +364,7 @@ impl Config {
                 workers,
                 threads,
                 graceful_timeout: Duration::from_secs(graceful),
+                read_timeout: Duration::from_secs(read_timeout),
                 sockets,
                 backlog,
                 user,

@@ -146,6 +146,8 @@ pub(crate) struct WorkerSpec<'a, A> {
     pub master: Pid,
     pub threads: usize,
     pub graceful_timeout: Duration,
+    /// How long a client may take to send a whole request.
+    pub read_timeout: Duration,
     /// Resolved `--user` / `--group`, when the master runs as root.
     pub credentials: Option<(Uid, Gid)>,
 }
@@ -209,13 +211,18 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
     let system = actix_web::rt::System::new();
     let (app, master, threads, graceful) =
         (spec.app, spec.master, spec.threads, spec.graceful_timeout);
+    let read_timeout = spec.read_timeout;
     let result = system.block_on(async {
         // Installed before the app boots (signal handlers need the runtime), so that a TERM
         // during a slow boot is a clean exit rather than the default action.
         let stop = StopSignals::install()
             .map_err(|e| BootError::Transient(format!("installing signal handlers: {e}")))?
             .wait(master);
-        serve(app, &info, listener, threads, graceful, stop).await
+        let timeouts = Timeouts {
+            graceful,
+            read: read_timeout,
+        };
+        serve(app, &info, listener, threads, timeouts, stop).await
     });
     match result {
         Ok(()) => exit_code::OK,
@@ -271,9 +278,11 @@ async fn serve<A: WorkerApp>(
     info: &WorkerInfo,
     listener: TcpListener,
     threads: usize,
-    graceful_timeout: Duration,
+    timeouts: Timeouts,
     stop: impl Future<Output = Stop>,
 ) -> Result<(), BootError> {
+    let graceful_timeout = timeouts.graceful;
+    let read_timeout = timeouts.read;
     let state = app.init(info).await?;
     let listener_fd = listener.as_raw_fd();
     let draining = Arc::new(AtomicBool::new(false));
@@ -284,11 +293,14 @@ async fn serve<A: WorkerApp>(
         let state = state.clone();
         App::new()
             .wrap(from_fn(move |req, next| {
-                worker_layer(id.clone(), Arc::clone(&flag), req, next)
+                worker_layer(id.clone(), Arc::clone(&flag), read_timeout, req, next)
             }))
             .configure(move |cfg| A::configure(&state, cfg))
     })
     .workers(threads)
+    // The head of a request within 5 s (actix's default) or the read timeout if shorter; the
+    // body within the read timeout counted from the start (`worker_layer`).
+    .client_request_timeout(read_timeout.min(Duration::from_secs(5)))
     .disable_signals()
     .shutdown_timeout(graceful_timeout.as_secs())
     .listen(listener)
@@ -441,9 +453,15 @@ impl StopSignals {
 async fn worker_layer(
     worker: HeaderValue,
     draining: Arc<AtomicBool>,
-    req: ServiceRequest,
+    read_timeout: Duration,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let body = actix_web::HttpMessage::take_payload(&mut req);
+    req.set_payload(with_deadline(
+        body,
+        tokio::time::Instant::now() + read_timeout,
+    ));
     let mut res = next.call(req).await?;
     res.headers_mut()
         .insert(HeaderName::from_static("x-clusterd-worker"), worker);
@@ -453,6 +471,47 @@ async fn worker_layer(
             .set_connection_type(ConnectionType::Close);
     }
     Ok(res)
+}
+
+/// The timeouts a worker's server applies.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// A stopping worker's time to finish its requests.
+    graceful: Duration,
+    /// A client's time to send a whole request.
+    read: Duration,
+}
+
+/// A request body that fails with `TimedOut` if it has not arrived whole by `deadline`: a
+/// client that stops sending (slowloris on the body) would otherwise hold its connection, and a
+/// stopping worker, for ever. The app sees an I/O error reading the body (the demo app answers
+/// 408), and actix closes the connection, whose body was not read to its end.
+fn with_deadline(
+    mut body: actix_web::dev::Payload,
+    deadline: tokio::time::Instant,
+) -> actix_web::dev::Payload {
+    use actix_web::error::PayloadError;
+    use futures_util::StreamExt;
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+    let mut done = false;
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        if done {
+            return Poll::Ready(None);
+        }
+        match body.poll_next_unpin(cx) {
+            Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
+                done = true;
+                Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request body did not arrive in time",
+                )))))
+            }
+            other => other,
+        }
+    });
+    actix_web::dev::Payload::Stream {
+        payload: Box::pin(stream),
+    }
 }
 
 /// Hooks for the crash-loop tests. Compiled into debug builds only, so a release binary has no
@@ -533,7 +592,10 @@ mod tests {
                 &info,
                 listener,
                 1,
-                Duration::from_secs(5),
+                Timeouts {
+                    graceful: Duration::from_secs(5),
+                    read: Duration::from_secs(5),
+                },
                 stop,
             ))
         });

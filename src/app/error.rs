@@ -33,6 +33,9 @@ pub enum AppError {
     /// Every password-hashing thread is busy and the queue is full: 503, retry in a second.
     #[error("too many logins in progress; retry shortly")]
     Busy,
+    /// The request body did not arrive within the read timeout.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// A state-changing request from another site (login CSRF).
     #[error("{0}")]
     Forbidden(&'static str),
@@ -54,6 +57,7 @@ impl ResponseError for AppError {
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::StoreUnavailable | AppError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }

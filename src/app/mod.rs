@@ -303,7 +303,12 @@ async fn read_credentials(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| AppError::BadRequest(format!("reading body: {e}")))?;
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                AppError::RequestTimeout
+            }
+            e => AppError::BadRequest(format!("reading body: {e}")),
+        })?;
         if body.len() + chunk.len() > MAX_BODY {
             return Err(AppError::PayloadTooLarge(MAX_BODY));
         }

@@ -442,7 +442,8 @@ impl<A: WorkerApp> Master<A> {
     fn spawn(&mut self, slot: usize) -> Option<u64> {
         let id = self.next_id;
         let config = self.rollout.as_ref().map_or(&self.config, |r| &r.config);
-        let (threads, graceful_timeout) = (config.threads, config.graceful_timeout);
+        let (threads, graceful_timeout, read_timeout) =
+            (config.threads, config.graceful_timeout, config.read_timeout);
         let listener: RawFd = match self.sockets.for_slot(slot) {
             Ok(fd) => fd,
             Err(e) => {
@@ -470,6 +471,7 @@ impl<A: WorkerApp> Master<A> {
             master: self.pid,
             threads,
             graceful_timeout,
+            read_timeout,
             credentials: self.credentials,
         };
         // The closure (and the pipe's write end in it) is dropped in the master when `spawn`

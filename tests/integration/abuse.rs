@@ -268,3 +268,67 @@ fn state_changing_posts_from_another_site_are_refused() {
     .unwrap();
     assert_eq!(r.status, 403);
 }
+
+/// Sends a request head announcing 100 bytes of body and only 6 of them, then waits for what
+/// the server does; returns the status (if any) and how long it took to close the connection.
+fn stalled_body(c: &Clusterd, method: &str, path: &str) -> (Option<u16>, Duration) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n123456"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let status = String::from_utf8_lossy(&all)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok());
+    (status, start.elapsed())
+}
+
+#[test]
+fn a_stalled_body_is_answered_408_and_closed_at_the_read_timeout() {
+    let c = Clusterd::start(Opts::default().workers(1).arg("--read-timeout").arg("2"));
+    let (status, took) = stalled_body(&c, "POST", "/login");
+    assert_eq!(status, Some(408));
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // A route that never reads its body answers, and the connection is not kept.
+    let (status, took) = stalled_body(&c, "GET", "/healthz");
+    assert_eq!(status, Some(200));
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+}
+
+#[test]
+fn a_stalled_body_does_not_hold_up_a_stop_for_the_graceful_timeout() {
+    // The harness gives workers a 10 s graceful timeout; the read timeout ends the stalled
+    // request (and so the drain) after 2.
+    let mut c = Clusterd::start(Opts::default().workers(1).arg("--read-timeout").arg("2"));
+    let addr = c.addr;
+    let stalled = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n123")
+            .unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    c.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        c.wait_exit(Duration::from_secs(9)),
+        Some(0),
+        "{}",
+        c.log_text()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        start.elapsed()
+    );
+    stalled.join().unwrap();
+}
