@@ -332,3 +332,172 @@ fn a_stalled_body_does_not_hold_up_a_stop_for_the_graceful_timeout() {
     );
     stalled.join().unwrap();
 }
+
+#[test]
+fn more_connections_than_the_fd_limit_leave_the_workers_alive_and_serving_after() {
+    // Each process may hold 96 descriptors; 400 connections are far more than two workers can.
+    let c = Clusterd::start(Opts::default().workers(2).wrapped(&[
+        "sh",
+        "-c",
+        "ulimit -n 96; exec \"$0\" \"$@\"",
+    ]));
+    let workers = c.workers();
+    let flood: Vec<std::net::TcpStream> = (0..400)
+        .filter_map(|_| std::net::TcpStream::connect(c.addr).ok())
+        .collect();
+    assert!(
+        flood.len() > 200,
+        "the kernel queued the flood: {}",
+        flood.len()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(flood);
+    // actix backs off 500 ms after EMFILE and accepts again once descriptors are free.
+    eventually(Duration::from_secs(10), "serving again", || {
+        request(c.addr, "GET", "/healthz", &[], b"")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert_eq!(c.workers(), workers, "no worker died or was replaced");
+}
+
+/// Requests `/me` with `cookie` on fresh connections from 4 threads until `stop`; returns every
+/// (status or error, time taken).
+fn me_loop(
+    addr: std::net::SocketAddr,
+    cookie: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<(Result<u16, String>, Duration)>>> {
+    (0..4)
+        .map(|_| {
+            let (cookie, stop) = (cookie.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let end = Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < end {
+                    let t = Instant::now();
+                    let r = request(addr, "GET", "/me", &[("cookie", &cookie)], b"");
+                    out.push((r.map(|r| r.status).map_err(|e| e.to_string()), t.elapsed()));
+                }
+                out
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn redis_frozen_then_killed_under_load_gives_200_or_503_fast_and_no_restart() {
+    let mut redis = Redis::start();
+    let c = Clusterd::start(Opts::default().workers(2).redis(&redis));
+    let workers = c.workers();
+    let cookie = c.login("alice", "wonderland");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops = me_loop(c.addr, cookie, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    redis.freeze(true);
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.freeze(false);
+    std::thread::sleep(Duration::from_millis(500));
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.restart();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results: Vec<_> = loops.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut seen = std::collections::BTreeMap::new();
+    for (r, took) in &results {
+        // 401 after the restart: this Redis keeps nothing on disk, so the session is gone.
+        let ok = matches!(r, Ok(200 | 503 | 401));
+        assert!(ok, "{r:?}");
+        assert!(*took < Duration::from_millis(1500), "{r:?} took {took:?}");
+        *seen.entry(format!("{r:?}")).or_insert(0) += 1;
+    }
+    assert!(
+        seen.contains_key("Ok(503)") && seen.contains_key("Ok(200)"),
+        "{seen:?}"
+    );
+    assert_eq!(c.workers(), workers, "no worker restarted: {seen:?}");
+}
+
+#[test]
+fn slow_headers_are_cut_off_while_others_are_served() {
+    use std::io::{Read, Write};
+    let c = Clusterd::start(Opts::default().workers(2).arg("--read-timeout").arg("2"));
+    let slow: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+                .unwrap();
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    assert_eq!(c.get("/healthz").status, 200);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let start = Instant::now();
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        // The server closes it (with or without a 408) at the deadline.
+        let _ = s.read_to_end(&mut buf);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "cut after {:?}",
+        start.elapsed()
+    );
+}
+
+/// 200 workers killed with SIGKILL under a load of new connections: no connection is refused
+/// (the slot's socket stays open in the master while its worker is replaced). Only requests
+/// already on the killed worker may fail.
+#[test]
+#[ignore = "slow soak (about 2 minutes: the crash-loop back-off spaces the respawns); CI runs it in its own step"]
+fn a_soak_of_200_kills_under_load_refuses_no_connection() {
+    let c = Clusterd::start(Opts::default().workers(2));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, refused, served, addr) =
+                (stop.clone(), refused.clone(), served.clone(), c.addr);
+            std::thread::spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                let end = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Relaxed) && Instant::now() < end {
+                    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                        Err(_) => {
+                            refused.fetch_add(1, Relaxed);
+                        }
+                        Ok(mut s) => {
+                            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                            if write_request(&mut s, "GET", "/healthz", &[], b"", false).is_ok()
+                                && read_response(&mut std::io::BufReader::new(s))
+                                    .is_ok_and(|r| r.status == 200)
+                            {
+                                served.fetch_add(1, Relaxed);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..200 {
+        let victim = c.workers()[i % 2];
+        signal(victim, nix::sys::signal::Signal::SIGKILL);
+        c.wait_log_count(Duration::from_secs(20), "worker ready", 3 + i);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in clients {
+        h.join().unwrap();
+    }
+    let (refused, served) = (
+        refused.load(std::sync::atomic::Ordering::Relaxed),
+        served.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert_eq!(refused, 0, "refused connections ({served} served)");
+    assert!(served > 200, "the load ran: {served}");
+    assert_eq!(c.log_lines("worker died").len(), 200);
+}
