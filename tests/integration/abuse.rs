@@ -361,13 +361,16 @@ fn more_connections_than_the_fd_limit_leave_the_workers_alive_and_serving_after(
     assert_eq!(c.workers(), workers, "no worker died or was replaced");
 }
 
+/// What one request of [`me_loop`] got (a status or an I/O error), and how long it took.
+type Outcome = (Result<u16, String>, Duration);
+
 /// Requests `/me` with `cookie` on fresh connections from 4 threads until `stop`; returns every
-/// (status or error, time taken).
+/// outcome.
 fn me_loop(
     addr: std::net::SocketAddr,
     cookie: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Vec<(Result<u16, String>, Duration)>>> {
+) -> Vec<std::thread::JoinHandle<Vec<Outcome>>> {
     (0..4)
         .map(|_| {
             let (cookie, stop) = (cookie.clone(), stop.clone());
