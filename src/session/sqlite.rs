@@ -26,10 +26,20 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// SQLite-backed sessions and counters.
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// Sessions.
     conn: Arc<Mutex<Connection>>,
+    /// Login throttle counters: their own connection, so that a counter write waiting for the
+    /// database's write lock (held by another worker) never holds up a session read.
+    counters: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
     /// The idle timeout, renewed by every read.
     idle: Duration,
+}
+
+/// Retries every millisecond for up to 5 s (`n` is the number of retries so far).
+fn busy_wait(n: i32) -> bool {
+    std::thread::sleep(Duration::from_millis(1));
+    n < 5000
 }
 
 fn now_ms() -> i64 {
@@ -87,17 +97,25 @@ impl SqliteStore {
     /// session idle timeout, which every read renews.
     pub fn open(data_dir: &Path, idle: Duration) -> Result<Self, StoreError> {
         let path = data_dir.join(FILE_NAME);
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        // Per connection, not stored in the file.
-        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+        let connect = || -> Result<Connection, StoreError> {
+            let mut conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_NOFOLLOW
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
             .map_err(err)?;
+            // SQLite's own busy handler sleeps in steps of up to 100 ms while another worker
+            // writes; retrying every millisecond keeps a short wait short.
+            conn.busy_handler(Some(busy_wait)).map_err(err)?;
+            // Per connection, not stored in the file.
+            conn.execute_batch("PRAGMA synchronous = NORMAL;")
+                .map_err(err)?;
+            Ok(conn)
+        };
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(connect()?)),
+            counters: Arc::new(Mutex::new(connect()?)),
             path: Arc::new(path),
             idle,
         })
@@ -112,7 +130,21 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = Arc::clone(&self.conn);
+        Self::on(&self.conn, f).await
+    }
+
+    async fn with_counters<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        Self::on(&self.counters, f).await
+    }
+
+    async fn on<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(conn);
         tokio::task::spawn_blocking(move || {
             let conn = conn
                 .lock()
@@ -226,7 +258,7 @@ impl SqliteStore {
         window: Duration,
     ) -> Result<Vec<Counter>, StoreError> {
         let names = names.to_vec();
-        self.with(move |c| {
+        self.with_counters(move |c| {
             let now = now_ms();
             let tx = c.unchecked_transaction()?;
             let mut out = Vec::new();
@@ -255,7 +287,7 @@ impl SqliteStore {
     /// Gives back an attempt taken by [`SqliteStore::reserve`]; a counter at zero is deleted.
     pub async fn release(&self, names: &[String]) -> Result<(), StoreError> {
         let names = names.to_vec();
-        self.with(move |c| {
+        self.with_counters(move |c| {
             let tx = c.unchecked_transaction()?;
             for name in &names {
                 tx.execute(
@@ -275,7 +307,7 @@ impl SqliteStore {
     /// Deletes a counter.
     pub async fn clear_counter(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_string();
-        self.with(move |c| {
+        self.with_counters(move |c| {
             c.execute("DELETE FROM counters WHERE name = ?1", [name])
                 .map(drop)
         })
