@@ -140,9 +140,26 @@ pub fn open(path: &Path, how: Open) -> Result<Option<File>, FileError> {
     Ok(Some(file))
 }
 
+/// A small file read whole, with its permission bits.
+pub struct Small {
+    /// The contents.
+    pub bytes: Vec<u8>,
+    /// `st_mode & 0o777`.
+    pub mode: u32,
+}
+
+// Not derived: the bytes are a secret key.
+impl std::fmt::Debug for Small {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Small")
+            .field("len", &self.bytes.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
 /// Reads a whole small file (a key) opened by [`open`], refusing one larger than `max` bytes.
-/// Warns when group or others may read it.
-pub fn read_small(path: &Path, follow: bool, max: u64) -> Result<Option<Vec<u8>>, FileError> {
+pub fn read_small(path: &Path, follow: bool, max: u64) -> Result<Option<Small>, FileError> {
     let how = Open {
         follow,
         create: None,
@@ -163,13 +180,6 @@ pub fn read_small(path: &Path, follow: bool, max: u64) -> Result<Option<Vec<u8>>
             max,
         });
     }
-    if meta.mode() & 0o077 != 0 {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format!("{:o}", meta.mode() & 0o777),
-            "the session key is readable by group or others; chmod 600 it"
-        );
-    }
     let mut bytes = Vec::new();
     // `take` bounds the read even if the file grows after the fstat.
     (&mut file)
@@ -180,7 +190,10 @@ pub fn read_small(path: &Path, follow: bool, max: u64) -> Result<Option<Vec<u8>>
             path: path.to_path_buf(),
             source,
         })?;
-    Ok(Some(bytes))
+    Ok(Some(Small {
+        bytes,
+        mode: meta.mode() & 0o777,
+    }))
 }
 
 /// Gives an opened file to `owner` and sets its mode, through the descriptor.
@@ -264,7 +277,10 @@ mod tests {
         let dir = temp_dir("small");
         let f = dir.join("key");
         std::fs::write(&f, [1u8; 100]).unwrap();
-        assert_eq!(read_small(&f, false, 100).unwrap().unwrap().len(), 100);
+        assert_eq!(
+            read_small(&f, false, 100).unwrap().unwrap().bytes.len(),
+            100
+        );
         let e = read_small(&f, false, 99).unwrap_err();
         assert!(e.to_string().contains("100 bytes"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();

@@ -78,8 +78,8 @@ pub fn load(key_file: Option<&Path>, data_dir: &Path) -> Result<(Key, KeyOrigin)
         return Ok((read(path, true)?, KeyOrigin::Configured(path.to_path_buf())));
     }
     let path = data_dir.join(GENERATED_NAME);
-    if let Some(bytes) = files::read_small(&path, false, MAX_KEY_FILE)? {
-        return Ok((key_from(&path, bytes)?, KeyOrigin::Kept(path)));
+    if let Some(file) = files::read_small(&path, false, MAX_KEY_FILE)? {
+        return Ok((key_from(&path, file)?, KeyOrigin::Kept(path)));
     }
     let mut bytes = [0u8; MIN_KEY_LEN];
     rand::rngs::OsRng
@@ -106,19 +106,28 @@ pub fn load(key_file: Option<&Path>, data_dir: &Path) -> Result<(Key, KeyOrigin)
 }
 
 fn read(path: &Path, follow: bool) -> Result<Key, KeyError> {
-    let bytes = files::read_small(path, follow, MAX_KEY_FILE)?.ok_or_else(|| KeyError::Read {
+    let file = files::read_small(path, follow, MAX_KEY_FILE)?.ok_or_else(|| KeyError::Read {
         path: path.to_path_buf(),
         source: std::io::ErrorKind::NotFound.into(),
     })?;
-    key_from(path, bytes)
+    key_from(path, file)
 }
 
-fn key_from(path: &Path, bytes: Vec<u8>) -> Result<Key, KeyError> {
+/// Checks the key's length; then, for a key in use, warns if others may read it.
+fn key_from(path: &Path, file: files::Small) -> Result<Key, KeyError> {
+    let bytes = file.bytes;
     if bytes.len() < MIN_KEY_LEN {
         return Err(KeyError::TooShort {
             path: path.to_path_buf(),
             len: bytes.len(),
         });
+    }
+    if file.mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", file.mode),
+            "the session key is readable by group or others; chmod 600 it"
+        );
     }
     Ok(Key::from(&bytes))
 }

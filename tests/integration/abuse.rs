@@ -123,15 +123,32 @@ fn a_failed_privilege_drop_stops_the_service_with_exit_code_4() {
 }
 
 /// Sends `n` logins at once (each on its own connection, all connected before any is sent)
-/// and returns the responses.
-fn login_storm(c: &Clusterd, n: usize, password: &str) -> Vec<Response> {
-    let body = format!(r#"{{"username":"alice","password":"{password}"}}"#);
+/// and returns the responses. With `spread`, login *i* is for user name `user<i>` from its own
+/// loopback address 127.0.x.y, so that no throttle counter is shared and every login reaches
+/// the hashing pool; otherwise all are alice's from 127.0.0.1.
+fn login_storm(c: &Clusterd, n: usize, password: &str, spread: bool) -> Vec<Response> {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
     let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let (addr, body, barrier) = (c.addr, body.clone(), barrier.clone());
+        .map(|i| {
+            let user = if spread {
+                format!("user{i}")
+            } else {
+                "alice".into()
+            };
+            let body = format!(r#"{{"username":"{user}","password":"{password}"}}"#);
+            let source: std::net::SocketAddr = if spread {
+                ([127, 0, 1 + (i / 200) as u8, 1 + (i % 200) as u8], 0).into()
+            } else {
+                ([127, 0, 0, 1], 0).into()
+            };
+            let (addr, barrier) = (c.addr, barrier.clone());
             std::thread::spawn(move || {
-                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .unwrap();
+                socket.bind(&source.into()).unwrap();
+                socket.connect(&addr.into()).unwrap();
+                let mut s: std::net::TcpStream = socket.into();
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 barrier.wait();
                 write_request(
@@ -162,7 +179,7 @@ fn statuses(rs: &[Response]) -> std::collections::BTreeMap<u16, usize> {
 fn concurrent_guesses_cannot_pass_the_limit() {
     let r = Redis::start();
     let c = Clusterd::start(Opts::default().workers(2).redis(&r));
-    let rs = login_storm(&c, 100, "wrong");
+    let rs = login_storm(&c, 100, "wrong", false);
     let s = statuses(&rs);
     let unauthorized = s.get(&401).copied().unwrap_or(0);
     assert!(unauthorized <= 5, "at most the limit was verified: {s:?}");
@@ -212,7 +229,8 @@ fn peak_rss(c: &Clusterd) -> u64 {
 #[test]
 fn a_login_storm_is_answered_within_bounded_memory() {
     let c = Clusterd::start(Opts::default().workers(2));
-    let rs = login_storm(&c, 300, "wonderland");
+    // Alice's 300 logins from one address: the throttle answers most of them.
+    let rs = login_storm(&c, 300, "wonderland", false);
     let s = statuses(&rs);
     for r in &rs {
         assert!([200, 429, 503].contains(&r.status), "{s:?}: {}", r.text());
@@ -223,6 +241,20 @@ fn a_login_storm_is_answered_within_bounded_memory() {
     assert!(
         s.get(&200).copied().unwrap_or(0) > 0,
         "some logins got through: {s:?}"
+    );
+    // 300 user names from 300 addresses: every one reaches the hashing pool, which verifies
+    // what it can and sheds the rest with 503 at once.
+    let rs = login_storm(&c, 300, "guess", true);
+    let s = statuses(&rs);
+    for r in &rs {
+        assert!([401, 503].contains(&r.status), "{s:?}: {}", r.text());
+        if r.status == 503 {
+            assert!(r.header("retry-after").is_some(), "{s:?}");
+        }
+    }
+    assert!(
+        s.get(&503).copied().unwrap_or(0) > 0,
+        "the queue overflowed: {s:?}"
     );
     let peak = peak_rss(&c);
     assert!(
