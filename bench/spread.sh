@@ -59,6 +59,20 @@ print(" ".join(str(n) for _, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 PY
 }
 
+# burst LABEL WORKERS TRIAL CONNECTIONS PORT MASTER: a wrk burst on /healthz; prints a row with
+# each worker's established connections during the load (busiest first) and CPU seconds.
+burst() {
+    local label=$1 n=$2 t=$3 c=$4 port=$5 master=$6 pids wrk_pid counts sorted
+    mapfile -t pids < <(pgrep -P "$master" | sort -n)
+    wrk -t2 -c"$c" -d"${BURST_SECS}s" "http://127.0.0.1:$port/healthz" >/dev/null &
+    wrk_pid=$!
+    sleep 1
+    counts=$(count "$port" "${pids[@]}")
+    wait "$wrk_pid"
+    sorted=$(tr ' ' '\n' <<<"$counts" | sort -rn | xargs | tr ' ' '/')
+    printf '%-16s %-8s %-6s %-28s %s\n' "$label" "$n" "$t" "$sorted" "$(cpu "${pids[@]}")"
+}
+
 echo "machine: $(machine)"
 echo "burst: wrk -t2 -c(50 for 2 workers, else 64) -d${BURST_SECS}s on /healthz; counts by ss during the load, busiest first"
 printf '%-16s %-8s %-6s %-28s %s\n' mode workers trial "connections per worker" "CPU s per worker"
@@ -73,14 +87,7 @@ for mode in $MODES; do
             wait_http "http://127.0.0.1:$port/healthz"
             # Every worker ready, so the burst meets the whole cluster.
             for _ in $(seq 100); do grep -q "all workers ready" "$WORK/spread-$mode-$n-$t.log" && break; sleep 0.05; done
-            mapfile -t pids < <(pgrep -P "$master" | sort -n)
-            wrk -t2 -c"$c" -d"${BURST_SECS}s" "http://127.0.0.1:$port/healthz" >"$WORK/burst.wrk" &
-            wrk_pid=$!
-            sleep 1
-            counts=$(count "$port" "${pids[@]}")
-            wait "$wrk_pid"
-            sorted=$(tr ' ' '\n' <<<"$counts" | sort -rn | xargs | tr ' ' '/')
-            printf '%-16s %-8s %-6s %-28s %s\n' "$mode" "$n" "$t" "$sorted" "$(cpu "${pids[@]}")"
+            burst "$mode" "$n" "$t" "$c" "$port" "$master"
             if [ "$n" = 4 ] && [ "$t" = 1 ]; then
                 echo "  2,000 one-request connections, 8 clients, per worker: $(one_request_spread "$port")"
             fi
@@ -100,15 +107,8 @@ if command -v node >/dev/null && command -v redis-server >/dev/null && [ -d "$RO
             start "node-$t" env PORT="$port" WORKERS="$n" REDIS_URL="redis://127.0.0.1:$R" node "$ROOT/bench/peers/node/server.js"
             master=$STARTED_PID
             wait_http "http://127.0.0.1:$port/healthz"
-            mapfile -t pids < <(pgrep -P "$master" | sort -n)
-            wrk -t2 -c64 -d"${BURST_SECS}s" "http://127.0.0.1:$port/healthz" >/dev/null &
-            wrk_pid=$!
-            sleep 1
-            # The Node master accepts and hands connections over; count the workers' ends.
-            counts=$(count "$port" "${pids[@]}")
-            wait "$wrk_pid"
-            sorted=$(tr ' ' '\n' <<<"$counts" | sort -rn | xargs | tr ' ' '/')
-            printf '%-16s %-8s %-6s %-28s %s\n' "node-cluster" "$n" "$t" "$sorted" "$(cpu "${pids[@]}")"
+            # The Node master accepts and hands connections over: its workers hold them.
+            burst node-cluster "$n" "$t" 64 "$port" "$master"
             kill -TERM -- "-$master" 2>/dev/null; wait "$master" 2>/dev/null || true
         done
     done

@@ -31,9 +31,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::config::SessionConfig;
-use crate::session::Store;
 use crate::session::redis::RedisStore;
 use crate::session::sqlite::SqliteStore;
+use crate::session::{Reservation, Store};
 use crate::worker::{BootError, WorkerApp, WorkerInfo};
 use error::AppError;
 use users::Users;
@@ -406,13 +406,11 @@ async fn login(
     let limits = [PAIR_FAILURE_LIMIT, USER_FAILURE_LIMIT, ADDR_FAILURE_LIMIT];
     // The attempt is counted before the password is checked, atomically in the shared store: of
     // any number of concurrent guesses, at most the limit get as far as argon2. A refused
-    // attempt gives its counts back, so guesses that were refused lock nobody out further.
-    let counts = store.reserve(&names, FAILURE_WINDOW).await?;
-    if let Some((c, _)) = counts.iter().zip(limits).find(|(c, l)| c.count > *l) {
-        let refused = retry_after(*c);
-        store.release(&names).await?;
-        return Err(refused);
-    }
+    // attempt counts nothing, so guesses that were refused lock nobody out further.
+    let counts = match store.reserve(&names, &limits, FAILURE_WINDOW).await? {
+        Reservation::Taken(counts) => counts,
+        Reservation::Refused(at_limit) => return Err(retry_after(at_limit)),
+    };
     let users = Arc::clone(&state.users);
     let name = creds.username.clone();
     let ok = match state

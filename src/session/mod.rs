@@ -49,6 +49,15 @@ pub enum Store {
     Sqlite(sqlite::SqliteStore),
 }
 
+/// What [`Store::reserve`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// Taken: the counts including this attempt, in the order of the names.
+    Taken(Vec<Counter>),
+    /// Refused: the first counter at its limit.
+    Refused(Counter),
+}
+
 /// Count and remaining window of a failed-login counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
@@ -81,14 +90,16 @@ impl Store {
         dispatch!(self, s => s.ping().await)
     }
 
-    /// Takes one attempt on each named counter, atomically per counter, and returns the counts
-    /// including this attempt. The window of a counter starts with its first attempt.
+    /// Takes one attempt on every named counter if each is below its limit, or on none: atomic
+    /// over all of them, so concurrent attempts can never pass a limit, and a refused attempt
+    /// writes nothing. The window of a counter starts with its first attempt.
     pub async fn reserve(
         &self,
         names: &[String],
+        limits: &[u64],
         window: Duration,
-    ) -> Result<Vec<Counter>, StoreError> {
-        dispatch!(self, s => s.reserve(names, window).await)
+    ) -> Result<Reservation, StoreError> {
+        dispatch!(self, s => s.reserve(names, limits, window).await)
     }
 
     /// Gives back an attempt taken by [`Store::reserve`] (it was refused, or it succeeded).

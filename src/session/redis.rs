@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
 
-use super::{Counter, StoreError};
+use super::{Counter, Reservation, StoreError};
 
 /// How long the TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -142,14 +142,6 @@ impl RedisStore {
         }
     }
 
-    async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut conn = self.connection().await?;
-        match pipe.query_async::<T>(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => Err(self.failed(e)),
-        }
-    }
-
     fn failed(&self, e: RedisError) -> StoreError {
         if e.is_io_error()
             || e.is_timeout()
@@ -232,38 +224,46 @@ impl RedisStore {
             .map(drop)
     }
 
-    /// Takes one attempt on each counter: SET NX PX (the window starts with the first attempt),
-    /// INCR and PTTL per counter, in one MULTI. Concurrent attempts each get their own count,
-    /// so the limit holds however many arrive at once.
+    /// Takes one attempt on every counter if each is below its limit, or on none, in one Lua
+    /// script (Redis runs a script atomically). The window starts with a counter's first attempt
+    /// (SET NX PX, then INCR).
     pub async fn reserve(
         &self,
         names: &[String],
+        limits: &[u64],
         window: Duration,
-    ) -> Result<Vec<Counter>, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+    ) -> Result<Reservation, StoreError> {
+        const RESERVE: &str = "\
+            for i, k in ipairs(KEYS) do \
+                local c = tonumber(redis.call('GET', k) or '0') \
+                if c >= tonumber(ARGV[i + 1]) then return {0, c, redis.call('PTTL', k)} end \
+            end \
+            local out = {1} \
+            for _, k in ipairs(KEYS) do \
+                redis.call('SET', k, 0, 'NX', 'PX', ARGV[1]) \
+                table.insert(out, redis.call('INCR', k)) \
+                table.insert(out, redis.call('PTTL', k)) \
+            end \
+            return out";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RESERVE).arg(names.len());
         for name in names {
-            let key = self.counter_key(name);
-            pipe.cmd("SET")
-                .arg(&key)
-                .arg(0)
-                .arg("NX")
-                .arg("PX")
-                .arg(window.as_millis() as u64)
-                .ignore()
-                .cmd("INCR")
-                .arg(&key)
-                .cmd("PTTL")
-                .arg(&key);
+            cmd.arg(self.counter_key(name));
         }
-        let replies: Vec<i64> = self.pipe(&pipe).await?;
-        Ok(replies
-            .chunks(2)
-            .map(|r| Counter {
-                count: r[0].max(0) as u64,
-                resets_in: Duration::from_millis(r.get(1).copied().unwrap_or(0).max(0) as u64),
-            })
-            .collect())
+        cmd.arg(window.as_millis() as u64);
+        for limit in limits {
+            cmd.arg(*limit);
+        }
+        let reply: Vec<i64> = self.query(&cmd).await?;
+        let counter = |pair: &[i64]| Counter {
+            count: pair[0].max(0) as u64,
+            resets_in: Duration::from_millis(pair.get(1).copied().unwrap_or(0).max(0) as u64),
+        };
+        match reply.split_first() {
+            Some((1, rest)) => Ok(Reservation::Taken(rest.chunks(2).map(counter).collect())),
+            Some((_, rest)) if !rest.is_empty() => Ok(Reservation::Refused(counter(rest))),
+            _ => Err(StoreError::Backend(format!("unexpected reply {reply:?}"))),
+        }
     }
 
     /// Gives back an attempt taken by [`RedisStore::reserve`]. A counter that reaches zero, or

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Counter, StoreError};
+use super::{Counter, Reservation, StoreError};
 
 /// File name inside the data dir.
 pub const FILE_NAME: &str = "sessions.sqlite3";
@@ -34,6 +34,33 @@ pub struct SqliteStore {
     path: Arc<PathBuf>,
     /// The idle timeout, renewed by every read.
     idle: Duration,
+}
+
+/// The first of `names` whose live count has reached its limit.
+fn over_limit(
+    c: &Connection,
+    names: &[String],
+    limits: &[u64],
+    now: i64,
+) -> rusqlite::Result<Option<Counter>> {
+    for (name, limit) in names.iter().zip(limits) {
+        let row: Option<(i64, i64)> = c
+            .query_row(
+                "SELECT count, expires_at_ms FROM counters WHERE name = ?1 AND expires_at_ms > ?2",
+                params![name, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((count, exp)) = row
+            && count.max(0) as u64 >= *limit
+        {
+            return Ok(Some(Counter {
+                count: count as u64,
+                resets_in: Duration::from_millis((exp - now).max(0) as u64),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Retries every millisecond for up to 5 s (`n` is the number of retries so far).
@@ -250,17 +277,26 @@ impl SqliteStore {
         .await
     }
 
-    /// Takes one attempt on each counter, in one transaction (each upsert is atomic too, so
-    /// concurrent workers never lose or share a count).
+    /// Takes one attempt on every counter if each is below its limit, or on none. A read-only
+    /// look first (no lock in WAL mode), so a refused attempt writes nothing; then the check and
+    /// the increments again in one IMMEDIATE transaction, which holds the write lock from its
+    /// start: concurrent workers cannot both pass a limit.
     pub async fn reserve(
         &self,
         names: &[String],
+        limits: &[u64],
         window: Duration,
-    ) -> Result<Vec<Counter>, StoreError> {
-        let names = names.to_vec();
+    ) -> Result<Reservation, StoreError> {
+        let (names, limits) = (names.to_vec(), limits.to_vec());
         self.with_counters(move |c| {
             let now = now_ms();
-            let tx = c.unchecked_transaction()?;
+            if let Some(refused) = over_limit(c, &names, &limits, now)? {
+                return Ok(Reservation::Refused(refused));
+            }
+            let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(refused) = over_limit(&tx, &names, &limits, now)? {
+                return Ok(Reservation::Refused(refused));
+            }
             let mut out = Vec::new();
             for name in &names {
                 let (count, exp): (i64, i64) = tx.query_row(
@@ -279,7 +315,7 @@ impl SqliteStore {
                 });
             }
             tx.commit()?;
-            Ok(out)
+            Ok(Reservation::Taken(out))
         })
         .await
     }

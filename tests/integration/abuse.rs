@@ -178,8 +178,14 @@ fn statuses(rs: &[Response]) -> std::collections::BTreeMap<u16, usize> {
 #[test]
 fn concurrent_guesses_cannot_pass_the_limit() {
     let r = Redis::start();
-    let c = Clusterd::start(Opts::default().workers(2).redis(&r));
-    let rs = login_storm(&c, 100, "wrong", false);
+    // Both stores: Redis (a Lua script) and the embedded SQLite (an IMMEDIATE transaction).
+    for opts in [Opts::default().redis(&r), Opts::default()] {
+        guesses_stop_at_the_limit(&Clusterd::start(opts.workers(2)));
+    }
+}
+
+fn guesses_stop_at_the_limit(c: &Clusterd) {
+    let rs = login_storm(c, 100, "wrong", false);
     let s = statuses(&rs);
     let unauthorized = s.get(&401).copied().unwrap_or(0);
     assert!(unauthorized <= 5, "at most the limit was verified: {s:?}");
@@ -194,7 +200,7 @@ fn concurrent_guesses_cannot_pass_the_limit() {
         }
     }
     // The guesses from this address lock alice out of this address, within the limit.
-    let right = post_login(&c, "wonderland");
+    let right = post_login(c, "wonderland");
     assert_eq!(right.status, 429, "{}", right.text());
 }
 

@@ -289,12 +289,7 @@ fn hup_rereads_the_config_file() {
     let dir = TempDir::new("hup-config");
     let file = dir.path().join("clusterd.toml");
     std::fs::write(&file, "threads = 1\n").unwrap();
-    let c = Clusterd::start(
-        Opts::default()
-            .workers(2)
-            .arg("--config")
-            .arg(file.to_str().unwrap()),
-    );
+    let c = Clusterd::start(Opts::default().workers(2).config(&file));
     let old = c.workers();
     for w in &old {
         assert_eq!(
@@ -362,8 +357,7 @@ fn an_aborted_reload_leaves_the_running_settings_for_later_workers() {
     let c = Clusterd::start(
         Opts::default()
             .workers(2)
-            .arg("--config")
-            .arg(file.to_str().unwrap())
+            .config(&file)
             .env("CLUSTERD_TEST_BOOT_EXIT_FILE", flag.to_str().unwrap()),
     );
     // The new settings come with workers that cannot boot: the reload is aborted...

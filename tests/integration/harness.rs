@@ -372,6 +372,11 @@ impl Opts {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// `--config FILE`.
+    pub fn config(self, file: &Path) -> Self {
+        self.arg("--config")
+            .arg(file.to_str().expect("a UTF-8 path"))
+    }
     pub fn redis(self, r: &Redis) -> Self {
         self.arg("--redis-url").arg(r.url())
     }

@@ -365,7 +365,9 @@ fn session_ids_are_unique_across_workers() {
     // 50 logins through each worker: ids minted by two forks of one process must still differ.
     for (id, mut conn) in connection_per_worker(c.addr, 2) {
         for _ in 0..50 {
-            let r = conn.send("POST", "/login", &[JSON], DEMO_LOGIN).unwrap();
+            let r = conn
+                .send("POST", "/login", &[JSON], DEMO_LOGIN)
+                .unwrap_or_else(|e| panic!("login {}: {e}; log:\n{}", cookies.len(), c.log_text()));
             assert_eq!((r.status, r.worker()), (200, Some(id)));
             cookies.insert(r.cookie().unwrap());
         }

@@ -180,8 +180,7 @@ fn a_reload_with_a_broken_config_still_answers_the_service_manager() {
     let c = Clusterd::start(
         Opts::default()
             .workers(2)
-            .arg("--config")
-            .arg(file.to_str().unwrap())
+            .config(&file)
             .env("NOTIFY_SOCKET", m.path.to_str().unwrap()),
     );
     let ready = m.wait(0, "READY=1");
