@@ -21,25 +21,61 @@ pub struct Busy;
 #[derive(Clone)]
 pub struct Hasher {
     jobs: SyncSender<Job>,
+    /// One permit per thread and per queue place: a login takes one before it does anything
+    /// else, so one that would be shed costs nothing (no store write, no queue).
+    places: Arc<tokio::sync::Semaphore>,
+}
+
+/// A place in the pool, held from before the throttle check until the hash is done.
+pub struct Place {
+    jobs: SyncSender<Job>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Hasher {
     /// Starts `threads` threads that share a queue of `queue` jobs.
     pub fn new(threads: usize, queue: usize) -> std::io::Result<Self> {
-        let (jobs, rx) = sync_channel::<Job>(queue);
+        let threads = threads.max(1);
+        // The channel never fills: no more jobs than permits exist at once.
+        let (jobs, rx) = sync_channel::<Job>(queue + threads);
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
+        for i in 0..threads {
             let rx = Arc::clone(&rx);
             std::thread::Builder::new()
                 .name(format!("hasher-{i}"))
                 .spawn(move || run(rx))?;
         }
-        Ok(Hasher { jobs })
+        Ok(Hasher {
+            jobs,
+            places: Arc::new(tokio::sync::Semaphore::new(queue + threads)),
+        })
     }
 
-    /// Runs `f` on a hashing thread and waits for its result, or fails at once with [`Busy`].
+    /// Takes a place (a thread or a queue slot), or fails at once with [`Busy`].
+    pub fn place(&self) -> Result<Place, Busy> {
+        let permit = Arc::clone(&self.places)
+            .try_acquire_owned()
+            .map_err(|_| Busy)?;
+        Ok(Place {
+            jobs: self.jobs.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Takes a place and runs `f` there: [`Place::run`].
     pub async fn run<T: Send + 'static>(
         &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        self.place()?.run(f).await
+    }
+}
+
+impl Place {
+    /// Runs `f` on a hashing thread and waits for its result. The place is given back when
+    /// this returns.
+    pub async fn run<T: Send + 'static>(
+        self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Busy> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -48,6 +84,7 @@ impl Hasher {
         });
         match self.jobs.try_send(job) {
             Ok(()) => rx.await.map_err(|_| Busy),
+            // Only if the threads are gone (the worker is exiting).
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
         }
     }

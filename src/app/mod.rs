@@ -404,6 +404,12 @@ async fn login(
         format!("addr:{net}"),
     ];
     let limits = [PAIR_FAILURE_LIMIT, USER_FAILURE_LIMIT, ADDR_FAILURE_LIMIT];
+    // A place in the hashing pool first: a login the pool would shed is answered without
+    // touching the store.
+    let place = state
+        .hasher
+        .place()
+        .map_err(|hasher::Busy| AppError::Busy)?;
     // The attempt is counted before the password is checked, atomically in the shared store: of
     // any number of concurrent guesses, at most the limit get as far as argon2. A refused
     // attempt counts nothing, so guesses that were refused lock nobody out further.
@@ -413,8 +419,7 @@ async fn login(
     };
     let users = Arc::clone(&state.users);
     let name = creds.username.clone();
-    let ok = match state
-        .hasher
+    let ok = match place
         .run(move || users.verify(&name, &creds.password))
         .await
     {
