@@ -102,7 +102,8 @@ impl Store {
         dispatch!(self, s => s.reserve(names, limits, window).await)
     }
 
-    /// Gives back an attempt taken by [`Store::reserve`] (it was refused, or it succeeded).
+    /// Gives back an attempt taken by [`Store::reserve`]: it succeeded, or its password could
+    /// not be checked.
     pub async fn release(&self, names: &[String]) -> Result<(), StoreError> {
         dispatch!(self, s => s.release(names).await)
     }
