@@ -36,6 +36,14 @@ pub struct SqliteStore {
     idle: Duration,
 }
 
+/// A counter from its row: the count and the expiry in ms, seen at `now`.
+fn counter_row(count: i64, expires_at_ms: i64, now: i64) -> Counter {
+    Counter {
+        count: count.max(0) as u64,
+        resets_in: Duration::from_millis((expires_at_ms - now).max(0) as u64),
+    }
+}
+
 /// The first of `names` whose live count has reached its limit.
 fn over_limit(
     c: &Connection,
@@ -54,10 +62,7 @@ fn over_limit(
         if let Some((count, exp)) = row
             && count.max(0) as u64 >= *limit
         {
-            return Ok(Some(Counter {
-                count: count as u64,
-                resets_in: Duration::from_millis((exp - now).max(0) as u64),
-            }));
+            return Ok(Some(counter_row(count, exp, now)));
         }
     }
     Ok(None)
@@ -309,10 +314,7 @@ impl SqliteStore {
                     params![name, now + window.as_millis() as i64, now],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                out.push(Counter {
-                    count: count.max(0) as u64,
-                    resets_in: Duration::from_millis((exp - now).max(0) as u64),
-                });
+                out.push(counter_row(count, exp, now));
             }
             tx.commit()?;
             Ok(Reservation::Taken(out))
