@@ -1,6 +1,9 @@
 //! The embedded session store: one SQLite file in the data dir, opened by each worker after
 //! `fork` and shared through the file (WAL mode lets readers and one writer work at once).
-//! Runs in the worker; queries run on tokio's blocking pool, never on the server thread.
+//! Runs in the worker; each connection has one thread of its own that runs its queries in turn,
+//! never the server thread. (Not tokio's blocking pool: a login storm would wake a blocking
+//! thread per login, all contending for one connection, and a signed-in read would wait for a
+//! core behind them.)
 //!
 //! Durability: `synchronous=NORMAL` in WAL mode survives any process crash (`kill -9`
 //! included); a power cut can lose the last moments of session writes, which costs those users a
@@ -8,7 +11,8 @@
 //! renewed on use to within 1/30 of the idle timeout (see [`SqliteStore::get`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -27,13 +31,38 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct SqliteStore {
     /// Sessions.
-    conn: Arc<Mutex<Connection>>,
+    conn: Db,
     /// Login throttle counters: their own connection, so that a counter write waiting for the
     /// database's write lock (held by another worker) never holds up a session read.
-    counters: Arc<Mutex<Connection>>,
+    counters: Db,
     path: Arc<PathBuf>,
     /// The idle timeout, renewed by every read.
     idle: Duration,
+}
+
+/// A query to run on a connection's thread.
+type Job = Box<dyn FnOnce(&Connection) + Send>;
+
+/// One connection, owned by a thread that runs the jobs sent to it in order. The thread ends
+/// when the last handle is dropped.
+#[derive(Clone)]
+struct Db(mpsc::Sender<Job>);
+
+impl Db {
+    fn spawn(conn: Connection, name: &str) -> Result<Db, StoreError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for job in rx {
+                    // A panicking query drops its answer (the caller sees an error) and must
+                    // not take the connection's later queries down with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn)));
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("sqlite thread: {e}")))?;
+        Ok(Db(tx))
+    }
 }
 
 /// A counter from its row: the count and the expiry in ms, seen at `now`.
@@ -146,8 +175,8 @@ impl SqliteStore {
             Ok(conn)
         };
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(connect()?)),
-            counters: Arc::new(Mutex::new(connect()?)),
+            conn: Db::spawn(connect()?, "sqlite-sessions")?,
+            counters: Db::spawn(connect()?, "sqlite-counters")?,
             path: Arc::new(path),
             idle,
         })
@@ -173,18 +202,18 @@ impl SqliteStore {
     }
 
     async fn on<T: Send + 'static>(
-        conn: &Arc<Mutex<Connection>>,
+        db: &Db,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = Arc::clone(conn);
-        tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .map_err(|_| StoreError::Backend("sqlite lock poisoned".into()))?;
-            f(&conn).map_err(err)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("sqlite task: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            // The caller may have gone (its request was cancelled); the answer is then dropped.
+            let _ = tx.send(f(conn).map_err(err));
+        });
+        db.0.send(job)
+            .map_err(|_| StoreError::Backend("sqlite thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("sqlite thread has stopped".into()))?
     }
 
     /// Deletes expired rows now, and then every [`PURGE_EVERY`] on the current runtime.
