@@ -2,7 +2,8 @@
 # starts gets its own process group and is stopped by that id when the script exits.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$ROOT/target/release/clusterd"
+# CLUSTERD_BIN=path runs another build (to compare two); the default is built first.
+BIN=${CLUSTERD_BIN:-"$ROOT/target/release/clusterd"}
 WORK=$(mktemp -d /tmp/clusterd-bench.XXXXXX)
 GROUPS_STARTED=()
 DURATION=${DURATION:-10}
@@ -25,6 +26,7 @@ need() {
 }
 
 build() {
+    [ -n "${CLUSTERD_BIN:-}" ] && return
     (cd "$ROOT" && cargo build --release --quiet --bins --examples)
 }
 
@@ -95,4 +97,14 @@ report() {
     non2xx=$(echo "$rows" | awk '{s+=$5} END {print s}')
     runs=$(echo "$rows" | awk '{printf "%s%.0f", (NR>1?" ":""), $1}')
     printf '%-46s %10.0f %9s %9s %6s %6s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors" "$non2xx" "$runs"
+}
+
+# login_cookie PORT: logs alice (the demo user) in and prints the session cookie (name=value).
+login_cookie() {
+    local cookie
+    cookie=$(curl -s -D - -o /dev/null -H 'content-type: application/json' \
+        -d '{"username":"alice","password":"wonderland"}' "http://127.0.0.1:$1/login" |
+        awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}')
+    [ -n "$cookie" ] || { echo "login failed" >&2; exit 1; }
+    echo "$cookie"
 }

@@ -22,10 +22,7 @@ fi
 start storm "$BIN" "${args[@]}"
 master=$STARTED_PID
 wait_http "http://127.0.0.1:$port/healthz"
-cookie=$(curl -s -D - -o /dev/null -H 'content-type: application/json' \
-    -d '{"username":"alice","password":"wonderland"}' "http://127.0.0.1:$port/login" |
-    awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}')
-[ -n "$cookie" ] || { echo "login failed" >&2; exit 1; }
+cookie=$(login_cookie "$port")
 
 # storm same|spread
 storm() {
