@@ -53,6 +53,10 @@ pub struct Cli {
     /// A subcommand; without one, clusterd runs the service.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Check the configuration (options, config file, users file, key file, --user) and exit:
+    /// 0 if clusterd can start with it, 2 and the reason if not. Binds nothing, writes nothing.
+    #[arg(long)]
+    pub check_config: bool,
     /// Service options.
     #[command(flatten)]
     pub args: Args,

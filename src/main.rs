@@ -14,6 +14,7 @@ use clap::Parser;
 use clusterd::app::DemoApp;
 use clusterd::app::users::{self, Users};
 use clusterd::config::{Cli, Command, Config};
+use clusterd::master::upgrade::{self, Binary};
 use clusterd::master::{self, Master, Reloaded};
 use clusterd::session::key::{self, KeyOrigin};
 use clusterd::session::redis::RedisStore;
@@ -23,6 +24,8 @@ use clusterd::{privileges, socket};
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before anything rewrites argv (the process title): an upgrade re-executes with it.
+    let binary = Binary::at_start();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print and exit 0 as clap does.
@@ -44,6 +47,14 @@ fn main() -> ExitCode {
         return hash_password();
     }
     clusterd::log::init();
+    // Left by the previous image of this process when it upgraded itself (see master::upgrade).
+    let inherited = match upgrade::take_state() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let state_directory = std::env::var_os("STATE_DIRECTORY").map(std::path::PathBuf::from);
     let config = match Config::load(&cli.args, state_directory.as_deref()) {
         Ok(c) => c,
@@ -52,7 +63,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match run(cli, config, state_directory) {
+    if cli.check_config {
+        return check_config(&config);
+    }
+    match run(cli, config, state_directory, binary, inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
             tracing::error!("{error:#}");
@@ -74,12 +88,25 @@ fn run(
     cli: Cli,
     config: Config,
     state_directory: Option<std::path::PathBuf>,
+    binary: Option<Binary>,
+    mut inherited: Option<upgrade::State>,
 ) -> Result<(), Failure> {
-    // Sockets from systemd come first, before any file is opened: their descriptors (3, 4, ...)
-    // must not be confused with ours.
+    // Sockets from systemd (or from the previous image, after an upgrade) come first, before
+    // any file is opened: their descriptors must not be confused with ours.
     let passed = socket::from_systemd()
         .context("adopting the systemd socket")
         .map_err(fail(EXIT_CONFIG))?;
+    let inherited_sockets = match inherited.as_mut() {
+        Some(state) => Some(
+            state
+                .take_sockets()
+                .map_err(anyhow::Error::from)
+                .and_then(|s| socket::Sockets::import(s).map_err(anyhow::Error::from))
+                .context("adopting the previous image's sockets")
+                .map_err(fail(1))?,
+        ),
+        None => None,
+    };
     let cluster = config.cluster.clone();
     let session = config.session.clone();
     let credentials = privileges::resolve(cluster.user.as_deref(), cluster.group.as_deref())
@@ -121,8 +148,19 @@ fn run(
     };
     tracing::info!(store = %store_line, "session store");
 
-    let sockets = match passed {
-        Some(passed) => {
+    let sockets = match (inherited_sockets, passed) {
+        (Some(sockets), _) => {
+            let c = &cluster;
+            if c.sockets != sockets.mode()
+                || (sockets.passed() == 0 && c.bind.port() != 0 && c.bind != sockets.addr())
+            {
+                tracing::warn!(
+                    "bind or sockets changed in the config; the upgraded master keeps the running sockets until a full restart"
+                );
+            }
+            sockets
+        }
+        (None, Some(passed)) => {
             let n = passed.len();
             let (sockets, note) = socket::Sockets::adopt(cluster.sockets, passed, cluster.backlog)
                 .context("adopting the systemd socket")
@@ -133,7 +171,7 @@ fn run(
             }
             sockets
         }
-        None => socket::Sockets::bind(cluster.sockets, cluster.bind, cluster.backlog)
+        (None, None) => socket::Sockets::bind(cluster.sockets, cluster.bind, cluster.backlog)
             .context("opening the listening socket")
             .map_err(fail(1))?,
     };
@@ -160,9 +198,14 @@ fn run(
     } else {
         "store sqlite"
     };
-    Master::new(app, cluster, sockets)
+    let mut master = Master::new(app, cluster, sockets)
         .context("starting the master")
         .map_err(fail(1))?
+        .with_binary(binary);
+    if let Some(state) = inherited {
+        master = master.adopt(state);
+    }
+    master
         .with_reload(reload)
         .with_credentials(credentials)
         .with_health_label(store_kind)
@@ -171,6 +214,35 @@ fn run(
             code: master::exit_code_for(&e) as u8,
             error: e.into(),
         })
+}
+
+/// `--check-config`: everything `run` reads before it binds or writes, and nothing else. An
+/// upgrading master runs the new binary with it before re-executing it.
+fn check_config(config: &Config) -> ExitCode {
+    let checks = || -> anyhow::Result<()> {
+        upgrade::check_state_version()?;
+        let session = &config.session;
+        privileges::resolve(
+            config.cluster.user.as_deref(),
+            config.cluster.group.as_deref(),
+        )
+        .context("resolving --user/--group")?;
+        Users::load(session.users_file.as_deref()).context("loading users")?;
+        if let Some(path) = &session.key_file {
+            key::load(Some(path), &session.data_dir).context("loading the cookie key")?;
+        }
+        Ok(())
+    };
+    match checks() {
+        Ok(()) => {
+            println!("clusterd: configuration ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("clusterd: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 fn hash_password() -> ExitCode {

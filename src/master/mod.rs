@@ -10,14 +10,16 @@
 //! 6. enforce deadlines: a stopping worker that overstays its graceful timeout gets SIGKILL.
 //!
 //! The parts: [`table`] (workers in slots), [`policy`] (crash-loop back-off), [`status`]
-//! (systemd's status line). Forks and signals to workers happen only in this file.
+//! (systemd's status line), [`upgrade`] (re-executing a replaced binary on SIGHUP). Forks,
+//! signals to workers and the `execve` happen only in this file.
 
 pub mod policy;
 pub mod status;
 pub mod table;
+pub mod upgrade;
 
 use std::io::Read;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -28,6 +30,7 @@ use nix::unistd::{Gid, Pid, Uid, pipe2};
 pub use self::policy::Backoff;
 use self::status::Snapshot;
 use self::table::{Retiring, Table, Worker};
+use self::upgrade::{Binary, Check, WorkerState};
 use crate::config::ClusterConfig;
 use crate::process::{self, Death, Policy, ProcessError, exit_code};
 use crate::signals::{MasterEvent, Signals};
@@ -156,6 +159,12 @@ pub struct Master<A: WorkerApp> {
     health_label: Option<String>,
     /// Why the last reload failed, shown in the status line until the next one.
     reload_error: Option<String>,
+    /// The binary this master runs, to notice on SIGHUP that a deploy replaced it.
+    binary: Option<Binary>,
+    /// The replaced binary checking the configuration before the master re-executes it.
+    check: Option<Check>,
+    /// This image was started by an upgrade and adopted the previous image's workers.
+    upgraded: bool,
 }
 
 impl<A: WorkerApp> Master<A> {
@@ -198,7 +207,66 @@ impl<A: WorkerApp> Master<A> {
             announced_ready: false,
             health_label: None,
             reload_error: None,
+            binary: None,
+            check: None,
+            upgraded: false,
         })
+    }
+
+    /// The binary to watch for upgrades (see [`upgrade`]); without it HUP never re-executes.
+    pub fn with_binary(mut self, binary: Option<Binary>) -> Self {
+        self.binary = binary;
+        self
+    }
+
+    /// Takes over the workers of the previous image of this process (an upgrade) and starts
+    /// replacing them, one slot at a time, with workers of this binary. The socket table came
+    /// through [`Master::new`] already.
+    pub fn adopt(mut self, state: upgrade::State) -> Self {
+        let now = Instant::now();
+        let ago = |ms: u64| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
+        let mut holding = Vec::new();
+        for w in state.workers {
+            holding.extend(w.closing_socket);
+            self.table.workers.push(Worker {
+                id: w.id,
+                slot: w.slot,
+                pid: Pid::from_raw(w.pid),
+                started: ago(w.age_ms),
+                pipe: w.pipe.and_then(upgrade::adopt_fd),
+                healthy: w.healthy,
+                ready: w.ready,
+                ready_at: w.ready_age_ms.map(ago),
+                retiring: w.retiring.map(|(in_ms, killed)| Retiring {
+                    kill_at: now + Duration::from_millis(in_ms),
+                    killed,
+                }),
+                closing_socket: w.closing_socket,
+            });
+        }
+        // A retired slot's socket whose worker was reaped while the images changed hands.
+        self.sockets.forget_closing(&holding);
+        self.next_id = state.next_id;
+        self.restarts = state.restarts;
+        self.backoff.set_failures(state.failures);
+        self.respawn_at = now + Duration::from_millis(state.respawn_in_ms);
+        // As on a reload: a changed --workers wins over TTIN/TTOU.
+        self.target = if state.configured_workers == self.config.workers {
+            state.target
+        } else {
+            self.config.workers
+        }
+        .max(self.min_workers);
+        self.announced_ready = true;
+        self.upgraded = true;
+        let old: Vec<u64> = self.table.live().map(|w| w.id).collect();
+        self.rollout = Some(Rollout {
+            old,
+            pending: None,
+            config: self.config.clone(),
+            spawned: Vec::new(),
+        });
+        self
     }
 
     /// What to call on SIGHUP to get the new configuration.
@@ -230,15 +298,24 @@ impl<A: WorkerApp> Master<A> {
     pub fn run(mut self) -> Result<(), MasterError> {
         // Short, so it fits in the original command line (`/usr/local/bin/clusterd`).
         crate::title::set("clusterd: master", "clusterd-master");
-        tracing::info!(
-            pid = self.pid.as_raw(),
-            addr = %self.sockets.addr(),
-            sockets = %self.sockets.mode(),
-            workers = self.target,
-            threads = self.config.threads,
-            "master started"
-        );
-        if self.sockets.mode() == SocketMode::PerWorker {
+        if self.upgraded {
+            tracing::info!(
+                pid = self.pid.as_raw(),
+                binary = %self.binary.as_ref().map_or_else(String::new, |b| b.path.display().to_string()),
+                adopted = self.table.workers.len(),
+                "master re-executed from the new binary; replacing the old workers one at a time"
+            );
+        } else {
+            tracing::info!(
+                pid = self.pid.as_raw(),
+                addr = %self.sockets.addr(),
+                sockets = %self.sockets.mode(),
+                workers = self.target,
+                threads = self.config.threads,
+                "master started"
+            );
+        }
+        if self.sockets.mode() == SocketMode::PerWorker && !self.upgraded {
             match crate::socket::tcp_migrate_req() {
                 Some(true) => tracing::info!(
                     "net.ipv4.tcp_migrate_req=1: connections queued on a retired worker's socket move to the others"
@@ -262,7 +339,11 @@ impl<A: WorkerApp> Master<A> {
             }
             self.read_ready_pipes();
             for (pid, death) in process::reap() {
-                self.on_death(pid, death);
+                if self.check.as_ref().is_some_and(|c| c.pid == pid) {
+                    self.on_check_done(death);
+                } else {
+                    self.on_death(pid, death);
+                }
             }
             self.enforce_deadlines();
         }
@@ -331,9 +412,27 @@ impl<A: WorkerApp> Master<A> {
         if self.stopping.is_some() {
             return;
         }
+        if self.check.is_some() {
+            tracing::info!("SIGHUP: an upgrade is being checked already");
+            return;
+        }
         // The service manager hears of every reload, also of one that fails at once: under
         // Type=notify-reload, `systemctl reload` waits for READY=1 after RELOADING=1.
         self.notifier.reloading();
+        if let Some(binary) = self.binary.as_ref().filter(|b| b.replaced()) {
+            // The new binary reads the configuration itself once it runs.
+            match Check::start(binary) {
+                Ok(check) => {
+                    tracing::info!(binary = %binary.path.display(), "SIGHUP: the binary was replaced; checking the new one before re-executing it");
+                    self.check = Some(check);
+                }
+                Err(e) => {
+                    let why = format!("cannot run {}: {e}", binary.path.display());
+                    self.upgrade_failed(&why);
+                }
+            }
+            return;
+        }
         let mut config = self
             .rollout
             .as_ref()
@@ -382,6 +481,75 @@ impl<A: WorkerApp> Master<A> {
             config,
             spawned: Vec::new(),
         });
+    }
+
+    /// The new binary's configuration check ended: re-execute it, or keep serving as we are.
+    fn on_check_done(&mut self, death: Death) {
+        let Some(check) = self.check.take() else {
+            return;
+        };
+        let said = check.finish();
+        match death {
+            Death::Exited(0) if self.stopping.is_none() => self.exec_upgrade(),
+            Death::Exited(0) => {}
+            Death::Exited(code) => self.upgrade_failed(&format!(
+                "the new binary's --check-config exited with {code}: {said}"
+            )),
+            Death::Signaled(sig) => self.upgrade_failed(&format!(
+                "the new binary's --check-config was killed by {} (it has {:?} to answer)",
+                sig.as_str(),
+                upgrade::CHECK_TIMEOUT
+            )),
+        }
+    }
+
+    /// Hands everything over to the new binary with `execve`. Returns only if that failed.
+    fn exec_upgrade(&mut self) {
+        let Some(binary) = self.binary.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let workers = self
+            .table
+            .workers
+            .iter()
+            .map(|w| WorkerState {
+                id: w.id,
+                slot: w.slot,
+                pid: w.pid.as_raw(),
+                pipe: w.pipe.as_ref().map(AsRawFd::as_raw_fd),
+                healthy: w.healthy,
+                ready: w.ready,
+                age_ms: w.started.elapsed().as_millis() as u64,
+                ready_age_ms: w.ready_at.map(|at| at.elapsed().as_millis() as u64),
+                retiring: w.retiring.as_ref().map(|r| {
+                    let left = r.kill_at.saturating_duration_since(now);
+                    (left.as_millis() as u64, r.killed)
+                }),
+                closing_socket: w.closing_socket,
+            })
+            .collect();
+        let configured = self.rollout.as_ref().map_or(&self.config, |r| &r.config);
+        let state = upgrade::State::new(
+            self.sockets.export(),
+            workers,
+            self.next_id,
+            self.target,
+            configured.workers,
+            self.restarts,
+            self.backoff.failures(),
+            self.respawn_at.saturating_duration_since(now).as_millis() as u64,
+        );
+        tracing::info!(binary = %binary.path.display(), "re-executing the master from the new binary");
+        let e = upgrade::exec(&binary, &state);
+        self.upgrade_failed(&format!("executing {}: {e}", binary.path.display()));
+    }
+
+    /// The running version keeps serving; the service manager hears why the upgrade failed.
+    fn upgrade_failed(&mut self, why: &str) {
+        tracing::error!("upgrade failed, the running version keeps serving: {why}");
+        self.reload_error = Some(format!("upgrade failed: {why}"));
+        self.notifier.ready(&self.status_line());
     }
 
     /// Ends a rolling restart that cannot go on: its settings are dropped, the workers not yet
@@ -735,6 +903,9 @@ impl<A: WorkerApp> Master<A> {
         if let Some(every) = self.notifier.watchdog_interval() {
             at = at.min(now + every);
         }
+        if let Some(c) = &self.check {
+            at = at.min(c.deadline);
+        }
         at
     }
 
@@ -810,6 +981,13 @@ impl<A: WorkerApp> Master<A> {
 
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
+        if let Some(c) = self.check.as_mut()
+            && now >= c.deadline
+        {
+            // Reaped on a later turn; `on_check_done` then reports the upgrade as failed.
+            let _ = kill(c.pid, Signal::SIGKILL);
+            c.deadline = now + MAX_WAIT;
+        }
         for w in &mut self.table.workers {
             if let Some(r) = &mut w.retiring
                 && !r.killed

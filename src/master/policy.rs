@@ -39,6 +39,11 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.cap)
     }
 
+    /// Carries the count over from the previous image of an upgraded master.
+    pub fn set_failures(&mut self, failures: u32) {
+        self.failures = failures;
+    }
+
     /// Consecutive early deaths so far.
     pub fn failures(&self) -> u32 {
         self.failures
