@@ -33,6 +33,14 @@ wait_for() {
     done
     fail "timed out after ${limit}s waiting for: $what"
 }
+# me_loop: GET /me with the session for 6 s; writes "ok failed" counts to /tmp/loop.
+me_loop() {
+    local n=0 f=0 end=$((SECONDS + 6))
+    while [ $SECONDS -lt $end ]; do
+        if [ "$(code -b /tmp/jar "$URL/me")" = 200 ]; then n=$((n + 1)); else f=$((f + 1)); fi
+    done
+    echo "$n $f" >/tmp/loop
+}
 gone() { for p in $1; do [ -d "/proc/$p" ] && return 1; done; return 0; }
 EXPECTED=$(nproc)
 
@@ -69,14 +77,7 @@ ok "kill -9 worker $victim: replaced, logged, session valid"
 
 # -- systemctl reload under a request loop: every worker replaced, zero failures
 old=$(workers)
-(
-    n=0 f=0
-    end=$((SECONDS + 6))
-    while [ $SECONDS -lt $end ]; do
-        if [ "$(code -b /tmp/jar "$URL/me")" = 200 ]; then n=$((n + 1)); else f=$((f + 1)); fi
-    done
-    echo "$n $f" >/tmp/loop
-) &
+me_loop &
 loop=$!
 sleep 1
 systemctl reload clusterd
@@ -88,6 +89,38 @@ read -r n f </tmp/loop
 [ "$n" -gt 20 ] || fail "the request loop ran only $n requests"
 for p in $(workers); do echo " $old " | grep -q " $p " && fail "worker $p was not replaced"; done
 ok "systemctl reload: workers $old -> $(workers), $n requests, 0 failed"
+
+# -- a deploy: install a new binary (the same program with bytes appended), systemctl reload
+# under a request loop: the master re-executes in place (same MainPID), every process runs the
+# new file, zero failures, the session survives
+master=$(main_pid)
+old=$(workers)
+cp /usr/local/bin/clusterd /tmp/clusterd.new
+printf '\0another build\0' >>/tmp/clusterd.new
+me_loop &
+loop=$!
+sleep 1
+install -m 0755 /tmp/clusterd.new /usr/local/bin/clusterd
+case $(readlink /proc/"$master"/exe) in *"(deleted)") ;; *) fail "install did not replace the running binary" ;; esac
+started=$(date +%s%N)
+systemctl reload clusterd
+on_new_binary() {
+    for p in $(main_pid) $(workers); do
+        case $(readlink /proc/"$p"/exe) in *"(deleted)") return 1 ;; esac
+    done
+    gone "$old"
+}
+wait_for 15 "master and workers on the new binary" on_new_binary
+took=$((($(date +%s%N) - started) / 1000000))
+wait "$loop"
+read -r n f </tmp/loop
+[ "$(main_pid)" = "$master" ] || fail "MainPID changed from $master to $(main_pid)"
+[ "$f" = 0 ] || fail "$f of $((n + f)) requests failed during the upgrade"
+[ "$n" -gt 20 ] || fail "the request loop ran only $n requests"
+journal_has "master re-executed from the new binary" || fail "no re-exec line in the journal"
+[ "$(code -b /tmp/jar "$URL/me")" = 200 ] || fail "the session did not survive the upgrade"
+[ "$(systemctl is-active clusterd)" = active ] || fail "clusterd is not active after the upgrade"
+ok "deploy + systemctl reload: master $master re-executed in place in ${took} ms, workers $old -> $(workers), $n requests, 0 failed"
 
 # -- systemctl stop with a slow request in flight: it completes
 pad=$(head -c 3000 /dev/zero | tr '\0' ' ')

@@ -126,3 +126,39 @@ fn hash_password_prints_an_argon2_hash() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "empty stdin is refused");
 }
+
+#[test]
+fn check_config_says_ok_or_why_not_and_binds_nothing() {
+    let dir = TempDir::new("check-config");
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["--check-config", "--bind", &bind, "--data-dir", data])
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
+    assert!(
+        std::net::TcpListener::bind(&bind).is_ok(),
+        "the port stays free"
+    );
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "nothing written to the data dir"
+    );
+
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:not-a-hash\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--check-config", "--data-dir", data, "--users"])
+        .arg(&users)
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("loading users"), "{stderr}");
+}

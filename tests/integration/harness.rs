@@ -341,6 +341,8 @@ pub struct Opts {
     pub ipv6: bool,
     /// A descriptor of the test's to hand over as fd 3 (playing systemd's socket activation).
     pub fd3: Option<std::os::fd::RawFd>,
+    /// The executable to run instead of the one cargo built (a copy, for upgrades).
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for Opts {
@@ -355,6 +357,7 @@ impl Default for Opts {
             wrapper: Vec::new(),
             ipv6: false,
             fd3: None,
+            binary: None,
         }
     }
 }
@@ -406,6 +409,10 @@ impl Opts {
             "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\"",
         ])
     }
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -418,6 +425,7 @@ impl Clusterd {
         let port = opts.port.unwrap_or_else(free_port);
         let data = opts.data.clone().unwrap_or_else(|| dir.path().join("data"));
         let log = dir.path().join("clusterd.log");
+        let bin = opts.binary.clone().unwrap_or_else(|| PathBuf::from(BIN));
         let mut cmd = match opts.wrapper.split_first() {
             Some((program, args)) => {
                 let found = std::env::var("PATH")
@@ -429,10 +437,10 @@ impl Clusterd {
                     "{program} not found: install it (apt-get install -y systemd)"
                 );
                 let mut c = Command::new(program);
-                c.args(args).arg(BIN);
+                c.args(args).arg(&bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(&bin),
         };
         let addr: SocketAddr = if opts.ipv6 {
             (std::net::Ipv6Addr::LOCALHOST, port).into()
@@ -868,6 +876,20 @@ pub fn request_loop(
             })
         })
         .collect()
+}
+
+impl LoopStats {
+    /// Asserts no request failed and at least `min` succeeded.
+    pub fn assert_clean(&self, min: usize) {
+        assert!(
+            self.failed.is_empty(),
+            "{} failed of {}: {:?}",
+            self.failed.len(),
+            self.ok,
+            &self.failed[..self.failed.len().min(5)]
+        );
+        assert!(self.ok > min, "the loops ran only {} requests", self.ok);
+    }
 }
 
 pub fn join_loops(handles: Vec<std::thread::JoinHandle<LoopStats>>) -> LoopStats {

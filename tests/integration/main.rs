@@ -9,3 +9,4 @@ mod cli;
 mod cluster;
 mod sessions;
 mod systemd;
+mod upgrade;

@@ -17,14 +17,14 @@ use crate::harness::*;
 const T: Duration = Duration::from_secs(15);
 
 /// A fake service manager: collects (sender pid, datagram) pairs.
-struct Manager {
-    path: std::path::PathBuf,
+pub struct Manager {
+    pub path: std::path::PathBuf,
     messages: Arc<Mutex<Vec<(i32, String)>>>,
     _dir: TempDir,
 }
 
 impl Manager {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let dir = TempDir::new("notify");
         let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
@@ -67,12 +67,12 @@ impl Manager {
         }
     }
 
-    fn all(&self) -> Vec<(i32, String)> {
+    pub fn all(&self) -> Vec<(i32, String)> {
         self.messages.lock().unwrap().clone()
     }
 
     /// Index of the first message at or after `from` that contains `needle`.
-    fn wait(&self, from: usize, needle: &str) -> usize {
+    pub fn wait(&self, from: usize, needle: &str) -> usize {
         eventually(T, &format!("a notification with {needle:?}"), || {
             self.all()
                 .iter()
