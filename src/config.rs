@@ -67,6 +67,30 @@ pub struct Cli {
 pub enum Command {
     /// Read a password from standard input and print its argon2 hash for a users file.
     HashPassword,
+    /// Show the master and every worker (slot, pid, state, uptime, restarts, connections,
+    /// requests, memory, heartbeat age)
+    Status {
+        /// Print the JSON document instead of the table
+        #[arg(long)]
+        json: bool,
+        /// The master's control socket [default: as the service would choose, else /run/clusterd/control.sock]
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+    },
+    /// Set the number of workers (up to --max-workers), as TTIN/TTOU do one at a time
+    Scale {
+        /// Workers wanted
+        workers: usize,
+        /// The master's control socket
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+    },
+    /// Reload: re-read the config and replace the workers (and the master, if its binary changed), as SIGHUP does
+    Reload {
+        /// The master's control socket
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+    },
 }
 
 /// Options of the service. `None` means "not given": the file or the default decides.
@@ -129,6 +153,27 @@ pub struct Args {
     /// When started as root: group the workers run as [default: the user's group]
     #[arg(long, env = "CLUSTERD_GROUP", value_name = "GROUP")]
     pub group: Option<String>,
+    /// Unix socket of the master for `clusterd status|scale|reload` (mode 0600) [default: $RUNTIME_DIRECTORY/control.sock, else control.sock in the data dir]
+    #[arg(long, env = "CLUSTERD_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics (and the dashboard at /) on this address, from the workers [default: off]
+    #[arg(long, env = "CLUSTERD_METRICS_BIND", value_name = "ADDR")]
+    pub metrics_bind: Option<SocketAddr>,
+    /// Seconds without a heartbeat from a worker's thread before it counts as hung and is replaced (SIGABRT, then SIGKILL) [default: 30]
+    #[arg(long, env = "CLUSTERD_WORKER_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+    pub worker_timeout: Option<u64>,
+    /// Replace a worker after it answered this many requests, like a rolling restart; 0 = never [default: 0]
+    #[arg(long, env = "CLUSTERD_MAX_REQUESTS", value_name = "N")]
+    pub max_requests: Option<u64>,
+    /// Add a random 0..=J to each worker's --max-requests, so workers are not recycled together [default: 0]
+    #[arg(long, env = "CLUSTERD_MAX_REQUESTS_JITTER", value_name = "J")]
+    pub max_requests_jitter: Option<u64>,
+    /// Replace a worker whose resident memory stays above this many MiB for 3 samples (a second apart); 0 = never [default: 0]
+    #[arg(long, env = "CLUSTERD_MAX_WORKER_MEMORY", value_name = "MIB")]
+    pub max_worker_memory: Option<u64>,
+    /// Most workers TTIN or `clusterd scale` may ask for [default: 4 per CPU, at least 16]
+    #[arg(long, env = "CLUSTERD_MAX_WORKERS", value_name = "N", value_parser = parse_nonzero)]
+    pub max_workers: Option<NonZeroUsize>,
 }
 
 fn parse_nonzero(s: &str) -> Result<NonZeroUsize, String> {
@@ -154,6 +199,13 @@ fn parse_secs(s: &str) -> Result<u64, String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileArgs {
+    control_socket: Option<PathBuf>,
+    metrics_bind: Option<String>,
+    worker_timeout: Option<u64>,
+    max_requests: Option<u64>,
+    max_requests_jitter: Option<u64>,
+    max_worker_memory: Option<u64>,
+    max_workers: Option<usize>,
     bind: Option<String>,
     workers: Option<usize>,
     threads: Option<usize>,
@@ -195,6 +247,25 @@ pub struct ClusterConfig {
     pub user: Option<String>,
     /// Group for `user`; defaults to the user's primary group.
     pub group: Option<String>,
+    /// The master's control socket; `None`: the default place (see `main`).
+    pub control_socket: Option<PathBuf>,
+    /// Where the workers serve metrics, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
+    /// A worker whose oldest thread heartbeat is older is replaced.
+    pub worker_timeout: Duration,
+    /// Requests after which a worker is recycled (0: never), and the random extra per worker.
+    pub max_requests: u64,
+    /// See `max_requests`.
+    pub max_requests_jitter: u64,
+    /// Resident memory (bytes) above which, for several samples, a worker is recycled (0: never).
+    pub max_worker_memory: u64,
+    /// The most workers TTIN and `clusterd scale` may ask for.
+    pub max_workers: usize,
+}
+
+/// The default `--max-workers`: 4 per CPU, at least 16.
+fn default_max_workers() -> usize {
+    (4 * std::thread::available_parallelism().map_or(1, NonZeroUsize::get)).max(16)
 }
 
 impl Default for ClusterConfig {
@@ -211,6 +282,13 @@ impl Default for ClusterConfig {
             backlog: 1024,
             user: None,
             group: None,
+            control_socket: None,
+            metrics_bind: None,
+            worker_timeout: Duration::from_secs(30),
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_worker_memory: 0,
+            max_workers: default_max_workers(),
         }
     }
 }
@@ -362,6 +440,37 @@ impl Config {
         if group.is_some() && user.is_none() {
             return Err(invalid("group", "needs --user as well".into()));
         }
+        let metrics_bind = match (args.metrics_bind, file.metrics_bind) {
+            (Some(a), _) => Some(a),
+            (None, Some(s)) => Some(
+                s.parse()
+                    .map_err(|e| invalid("metrics-bind", format!("{s:?}: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        if metrics_bind.is_some_and(|m| m.port() != 0 && m == bind) {
+            return Err(invalid(
+                "metrics-bind",
+                "must not be the public --bind address".into(),
+            ));
+        }
+        let worker_timeout = pick_secs(
+            "worker-timeout",
+            args.worker_timeout,
+            file.worker_timeout,
+            30,
+        )?;
+        let max_workers = match (args.max_workers, file.max_workers) {
+            (Some(n), _) => n.get(),
+            (None, Some(n)) => check_count("max-workers", n)?,
+            (None, None) => default_max_workers(),
+        };
+        if workers > max_workers {
+            return Err(invalid(
+                "workers",
+                format!("{workers} is more than --max-workers ({max_workers})"),
+            ));
+        }
         Ok(Config {
             cluster: ClusterConfig {
                 bind,
@@ -373,6 +482,20 @@ impl Config {
                 backlog,
                 user,
                 group,
+                control_socket: args.control_socket.clone().or(file.control_socket),
+                metrics_bind,
+                worker_timeout: Duration::from_secs(worker_timeout),
+                max_requests: args.max_requests.or(file.max_requests).unwrap_or(0),
+                max_requests_jitter: args
+                    .max_requests_jitter
+                    .or(file.max_requests_jitter)
+                    .unwrap_or(0),
+                max_worker_memory: args
+                    .max_worker_memory
+                    .or(file.max_worker_memory)
+                    .unwrap_or(0)
+                    .saturating_mul(1 << 20),
+                max_workers,
             },
             session: SessionConfig {
                 redis_url,
@@ -409,6 +532,15 @@ impl Config {
         }
         if a.user != b.user || a.group != b.group {
             out.push("user/group");
+        }
+        if a.control_socket != b.control_socket {
+            out.push("control-socket");
+        }
+        if a.metrics_bind != b.metrics_bind {
+            out.push("metrics-bind");
+        }
+        if a.max_workers != b.max_workers {
+            out.push("max-workers");
         }
         if self.session != new.session {
             out.push("session settings");

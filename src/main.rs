@@ -20,6 +20,8 @@ use clusterd::session::key::{self, KeyOrigin};
 use clusterd::session::redis::RedisStore;
 use clusterd::{privileges, socket};
 
+mod cli;
+
 /// Exit code for configuration errors, the same clap uses for a bad flag.
 const EXIT_CONFIG: u8 = 2;
 
@@ -43,8 +45,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(Command::HashPassword) = cli.command {
-        return hash_password();
+    match &cli.command {
+        Some(Command::HashPassword) => return hash_password(),
+        Some(Command::Status {
+            json,
+            control_socket,
+        }) => return cli::status(&cli.args, control_socket.as_deref(), *json),
+        Some(Command::Scale {
+            workers,
+            control_socket,
+        }) => return cli::scale(&cli.args, control_socket.as_deref(), *workers),
+        Some(Command::Reload { control_socket }) => {
+            return cli::reload(&cli.args, control_socket.as_deref());
+        }
+        None => {}
     }
     clusterd::log::init();
     // Left by the previous image of this process when it upgraded itself (see master::upgrade).
@@ -198,10 +212,28 @@ fn run(
     } else {
         "store sqlite"
     };
+    let control_path = cli::control_path(&cluster, &config.session);
+    let control = master::control::Control::bind(&control_path)
+        .with_context(|| format!("opening the control socket {}", control_path.display()))
+        .map_err(fail(1))?;
+    tracing::info!(path = %control_path.display(), "control socket");
+    // On an upgrade the previous image's metrics socket is adopted with the rest.
+    let metrics = match (&inherited, cluster.metrics_bind) {
+        (None, Some(addr)) => {
+            let l = socket::bind(addr, 128, false)
+                .context("opening the --metrics-bind socket")
+                .map_err(fail(1))?;
+            tracing::info!(addr = %l.local_addr().map_or(addr, |a| a), "metrics served by the workers at /metrics");
+            Some(l)
+        }
+        _ => None,
+    };
     let mut master = Master::new(app, cluster, sockets)
         .context("starting the master")
         .map_err(fail(1))?
-        .with_binary(binary);
+        .with_binary(binary)
+        .with_control(Some(control))
+        .with_metrics(metrics);
     if let Some(state) = inherited {
         master = master.adopt(state);
     }

@@ -150,6 +150,11 @@ pub(crate) struct WorkerSpec<'a, A> {
     pub read_timeout: Duration,
     /// Resolved `--user` / `--group`, when the master runs as root.
     pub credentials: Option<(Uid, Gid)>,
+    /// The scoreboard and this worker's record on it.
+    pub board: crate::scoreboard::Board,
+    pub record: usize,
+    /// The metrics socket (`--metrics-bind`), shared by every worker.
+    pub metrics: Option<RawFd>,
 }
 
 /// How the worker was asked to stop.
@@ -197,6 +202,15 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         return code;
     }
 
+    crate::scoreboard::set_mine(spec.board, spec.record);
+    if let Some(r) = crate::scoreboard::mine() {
+        r.pid.store(pid as i32, Ordering::Relaxed);
+    }
+    // SAFETY: as for the listener below: the master's metrics socket, copied by fork, owned by
+    // nothing else in this process.
+    let metrics = spec
+        .metrics
+        .map(|fd| unsafe { TcpListener::from_raw_fd(fd) });
     let info = WorkerInfo {
         id: spec.id,
         slot: spec.slot,
@@ -222,6 +236,12 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         let timeouts = Timeouts {
             graceful,
             read: read_timeout,
+        };
+        let _metrics = match metrics {
+            Some(l) => Some(crate::metrics::serve(l).map_err(|e| {
+                BootError::Transient(format!("listening on the metrics socket: {e}"))
+            })?),
+            None => None,
         };
         serve(app, &info, listener, threads, timeouts, stop).await
     });
@@ -263,7 +283,9 @@ fn hygiene<A>(spec: &WorkerSpec<'_, A>) -> Result<(), BootError> {
     // SAFETY: SIG_IGN installs no handler code; no other thread exists yet.
     unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }
         .map_err(|e| BootError::Transient(format!("ignoring SIGINT: {e}")))?;
-    crate::process::close_fds_except(&[spec.listener, spec.ready.as_raw_fd()]);
+    let mut keep = vec![spec.listener, spec.ready.as_raw_fd()];
+    keep.extend(spec.metrics);
+    crate::process::close_fds_except(&keep);
     // Only the master may talk to systemd (the unit also says NotifyAccess=main).
     crate::systemd::forget_in_child();
     // rand 0.9's thread-local generator does not notice fork: reseed it, or two workers could
@@ -304,9 +326,13 @@ async fn serve<A: WorkerApp>(
     let draining = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&draining);
     let id = HeaderValue::from(info.id);
+    let next_thread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let server = HttpServer::new(move || {
         let (flag, id) = (Arc::clone(&flag), id.clone());
         let state = state.clone();
+        // Runs once on each server thread: that thread's heartbeat.
+        let thread = next_thread.fetch_add(1, Ordering::Relaxed);
+        heartbeat(thread.min(crate::scoreboard::MAX_THREADS - 1));
         App::new()
             .wrap(from_fn(move |req, next| {
                 worker_layer(id.clone(), Arc::clone(&flag), read_timeout, req, next)
@@ -314,6 +340,12 @@ async fn serve<A: WorkerApp>(
             .configure(move |cfg| A::configure(&state, cfg))
     })
     .workers(threads)
+    .on_connect(|_, extensions| {
+        if let Some(r) = crate::scoreboard::mine() {
+            r.connections.fetch_add(1, Ordering::Relaxed);
+            extensions.insert(OpenConnection(r));
+        }
+    })
     // The head of a request within 5 s (actix's default) or the read timeout if shorter; the
     // body within the read timeout counted from the start (`worker_layer`).
     .client_request_timeout(read_timeout.min(Duration::from_secs(5)))
@@ -473,12 +505,18 @@ async fn worker_layer(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
     let body = actix_web::HttpMessage::take_payload(&mut req);
     req.set_payload(with_deadline(
         body,
         tokio::time::Instant::now() + read_timeout,
     ));
-    let mut res = next.call(req).await?;
+    let res = next.call(req).await;
+    if let Some(r) = crate::scoreboard::mine() {
+        let status = res.as_ref().map_or(500, |r| r.status().as_u16());
+        r.count_request(status, started.elapsed());
+    }
+    let mut res = res?;
     res.headers_mut()
         .insert(HeaderName::from_static("x-clusterd-worker"), worker);
     if draining.load(Ordering::Relaxed) {
@@ -487,6 +525,31 @@ async fn worker_layer(
             .set_connection_type(ConnectionType::Close);
     }
     Ok(res)
+}
+
+/// Ticks this server thread's heartbeat on the scoreboard twice a second, from a task on the
+/// thread's own runtime: if the thread is blocked, the tick stops, and the master notices.
+fn heartbeat(thread: usize) {
+    let Some(r) = crate::scoreboard::mine() else {
+        return;
+    };
+    r.heartbeat_ms[thread].store(crate::scoreboard::now_ms(), Ordering::Relaxed);
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            r.heartbeat_ms[thread].store(crate::scoreboard::now_ms(), Ordering::Relaxed);
+        }
+    });
+}
+
+/// Kept in a connection's extensions: counts the connection open until actix drops it.
+struct OpenConnection(&'static crate::scoreboard::Record);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The timeouts a worker's server applies.

@@ -176,7 +176,8 @@ impl WorkerApp for DemoApp {
                 web::resource("/logout").route(web::post().to(logout)),
             ));
         #[cfg(debug_assertions)]
-        cfg.route("/debug/sleep/{ms}", web::get().to(debug_sleep));
+        cfg.route("/debug/sleep/{ms}", web::get().to(debug_sleep))
+            .route("/debug/block/{ms}", web::get().to(debug_block));
         cfg.default_service(web::to(|| async {
             Err::<HttpResponse, _>(AppError::NotFound)
         }));
@@ -406,16 +407,21 @@ async fn login(
     let limits = [PAIR_FAILURE_LIMIT, USER_FAILURE_LIMIT, ADDR_FAILURE_LIMIT];
     // A place in the hashing pool first: a login the pool would shed is answered without
     // touching the store.
-    let place = state
-        .hasher
-        .place()
-        .map_err(|hasher::Busy| AppError::Busy)?;
+    use crate::scoreboard::count_login;
+    // Outcomes, by LOGIN_OUTCOMES: 0 ok, 1 failed, 2 throttled, 3 shed.
+    let place = state.hasher.place().map_err(|hasher::Busy| {
+        count_login(3);
+        AppError::Busy
+    })?;
     // The attempt is counted before the password is checked, atomically in the shared store: of
     // any number of concurrent guesses, at most the limit get as far as argon2. A refused
     // attempt counts nothing, so guesses that were refused lock nobody out further.
     let counts = match store.reserve(&names, &limits, FAILURE_WINDOW).await? {
         Reservation::Taken(counts) => counts,
-        Reservation::Refused(at_limit) => return Err(retry_after(at_limit)),
+        Reservation::Refused(at_limit) => {
+            count_login(2);
+            return Err(retry_after(at_limit));
+        }
     };
     let users = Arc::clone(&state.users);
     let name = creds.username.clone();
@@ -425,16 +431,19 @@ async fn login(
     {
         Ok(ok) => ok,
         Err(hasher::Busy) => {
+            count_login(3);
             store.release(&names).await?;
             return Err(AppError::Busy);
         }
     };
     if !ok {
+        count_login(1);
         tracing::info!(user = %creds.username, failures = counts[0].count, "failed login");
         return Err(AppError::Unauthorized("invalid username or password"));
     }
     // Success: this network's failures for the user are forgotten; the attempt is given back
     // to the looser counters.
+    count_login(0);
     store.clear_counter(&pair).await?;
     store.release(&names[1..]).await?;
     // A new id at login: a session id planted before login is worthless after it.
@@ -489,6 +498,18 @@ async fn debug_sleep(
     tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "slept_ms": ms.min(10_000), "worker_pid": state.worker.pid })))
+}
+
+/// Blocks the server thread (a blocking call inside async code, the bug the heartbeat is
+/// there to catch). Debug builds only.
+#[cfg(debug_assertions)]
+async fn debug_block(path: web::Path<String>) -> Result<HttpResponse, AppError> {
+    let ms: u64 = path
+        .parse()
+        .map_err(|_| AppError::BadRequest("milliseconds expected".into()))?;
+    tracing::info!(ms, "debug block started");
+    std::thread::sleep(Duration::from_millis(ms.min(120_000)));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "blocked_ms": ms })))
 }
 
 /// The routes tested in-process with `actix_web::test`: no fork, no socket. The integration

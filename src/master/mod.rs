@@ -13,6 +13,7 @@
 //! (systemd's status line), [`upgrade`] (re-executing a replaced binary on SIGHUP). Forks,
 //! signals to workers and the `execve` happen only in this file.
 
+pub mod control;
 pub mod policy;
 pub mod status;
 pub mod table;
@@ -27,12 +28,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid, pipe2};
 
+use self::control::{Control, Request};
 pub use self::policy::Backoff;
 use self::status::Snapshot;
 use self::table::{Retiring, Table, Worker};
 use self::upgrade::{Binary, Check, WorkerState};
 use crate::config::ClusterConfig;
 use crate::process::{self, Death, Policy, ProcessError, exit_code};
+use crate::scoreboard::Scoreboard;
 use crate::signals::{MasterEvent, Signals};
 use crate::socket::{SocketMode, Sockets};
 use crate::systemd::Notifier;
@@ -52,6 +55,9 @@ pub enum MasterError {
     /// Forking was refused.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// The scoreboard could not be made or mapped.
+    #[error(transparent)]
+    Board(#[from] crate::scoreboard::BoardError),
     /// A worker exited with [`exit_code::CONFIG_INVALID`]: the configuration cannot work, so
     /// the master stopped everything rather than respawn forever.
     #[error("worker {id} rejected the configuration (exit code 4); see its log line above")]
@@ -79,6 +85,12 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 const FAST_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Extra time past the graceful timeout before SIGKILL, for the worker's own forced close.
 const KILL_MARGIN: Duration = Duration::from_secs(1);
+/// How often heartbeats, boot deadlines and recycling limits are checked.
+const HEARTBEAT_CHECK: Duration = Duration::from_millis(500);
+/// A hung worker's time between SIGABRT (for a backtrace) and SIGKILL.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+/// Samples over --max-worker-memory in a row before a worker is recycled.
+const MEMORY_SAMPLES: u32 = 3;
 /// The longest the loop sleeps with nothing to do, so it stays observable (watchdog, status).
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
@@ -94,6 +106,8 @@ struct Rollout {
     config: ClusterConfig,
     /// Every worker this rollout forked: one that dies right after it became ready stops it.
     spawned: Vec<u64>,
+    /// A reload (or upgrade), which systemd hears the end of; else it only recycles workers.
+    reload: bool,
 }
 
 /// A replacement booting in the slot of an old worker.
@@ -165,6 +179,18 @@ pub struct Master<A: WorkerApp> {
     check: Option<Check>,
     /// This image was started by an upgrade and adopted the previous image's workers.
     upgraded: bool,
+    /// Shared counters and heartbeats of the workers.
+    board: Scoreboard,
+    /// `clusterd status|scale|reload`.
+    control: Option<Control>,
+    /// The metrics socket every worker also serves (`--metrics-bind`).
+    metrics: Option<std::net::TcpListener>,
+    /// Unplanned deaths (and hangs) by slot.
+    slot_restarts: Vec<u64>,
+    /// When the master started (this image, or the first one before an upgrade).
+    started: Instant,
+    /// When worker memory was last sampled.
+    sampled_at: Instant,
 }
 
 impl<A: WorkerApp> Master<A> {
@@ -177,6 +203,8 @@ impl<A: WorkerApp> Master<A> {
         })?;
         let min_workers = sockets.min_workers();
         let target = config.workers.max(min_workers);
+        // Room for every worker at the limit, plus the old generation of a rolling restart.
+        let board = Scoreboard::create(2 * config.max_workers.max(target) + 2)?;
         if target > config.workers {
             tracing::warn!(
                 workers = target,
@@ -210,7 +238,25 @@ impl<A: WorkerApp> Master<A> {
             binary: None,
             check: None,
             upgraded: false,
+            board,
+            control: None,
+            metrics: None,
+            slot_restarts: Vec::new(),
+            started: Instant::now(),
+            sampled_at: Instant::now(),
         })
+    }
+
+    /// Answers `clusterd status|scale|reload` on this socket.
+    pub fn with_control(mut self, control: Option<Control>) -> Self {
+        self.control = control;
+        self
+    }
+
+    /// Hands this socket to every worker for `/metrics`.
+    pub fn with_metrics(mut self, metrics: Option<std::net::TcpListener>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The binary to watch for upgrades (see [`upgrade`]); without it HUP never re-executes.
@@ -224,6 +270,22 @@ impl<A: WorkerApp> Master<A> {
     /// through [`Master::new`] already.
     pub fn adopt(mut self, state: upgrade::State) -> Self {
         let now = Instant::now();
+        if let Some(fd) = state.board_fd {
+            match Scoreboard::adopt(fd) {
+                Ok(board) => self.board = board,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the previous scoreboard is lost; the adopted workers go unobserved until replaced")
+                }
+            }
+        }
+        if let Some(fd) = state.metrics_fd {
+            match upgrade::adopt_fd(fd) {
+                Some(fd) => self.metrics = Some(std::net::TcpListener::from(fd)),
+                None => tracing::warn!("the inherited metrics socket is gone"),
+            }
+        }
+        self.slot_restarts = state.slot_restarts.clone();
+        self.started = ago_from(now, state.master_age_ms);
         let ago = |ms: u64| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
         let mut holding = Vec::new();
         for w in state.workers {
@@ -242,6 +304,15 @@ impl<A: WorkerApp> Master<A> {
                     killed,
                 }),
                 closing_socket: w.closing_socket,
+                record: if state.board_fd.is_some() {
+                    w.record
+                } else {
+                    None
+                },
+                max_requests: w.max_requests,
+                rss: 0,
+                over_memory: 0,
+                recycling: false,
             });
         }
         // A retired slot's socket whose worker was reaped while the images changed hands.
@@ -265,6 +336,7 @@ impl<A: WorkerApp> Master<A> {
             pending: None,
             config: self.config.clone(),
             spawned: Vec::new(),
+            reload: true,
         });
         self
     }
@@ -338,6 +410,7 @@ impl<A: WorkerApp> Master<A> {
                 self.handle(event);
             }
             self.read_ready_pipes();
+            self.serve_control();
             for (pid, death) in process::reap() {
                 if self.check.as_ref().is_some_and(|c| c.pid == pid) {
                     self.on_check_done(death);
@@ -458,6 +531,9 @@ impl<A: WorkerApp> Master<A> {
                         sockets: config.sockets,
                         user: config.user.clone(),
                         group: config.group.clone(),
+                        control_socket: config.control_socket.clone(),
+                        metrics_bind: config.metrics_bind,
+                        max_workers: config.max_workers,
                         ..new.cluster
                     };
                 }
@@ -480,6 +556,7 @@ impl<A: WorkerApp> Master<A> {
             pending: None,
             config,
             spawned: Vec::new(),
+            reload: true,
         });
     }
 
@@ -527,10 +604,12 @@ impl<A: WorkerApp> Master<A> {
                     (left.as_millis() as u64, r.killed)
                 }),
                 closing_socket: w.closing_socket,
+                record: w.record,
+                max_requests: w.max_requests,
             })
             .collect();
         let configured = self.rollout.as_ref().map_or(&self.config, |r| &r.config);
-        let state = upgrade::State::new(
+        let mut state = upgrade::State::new(
             self.sockets.export(),
             workers,
             self.next_id,
@@ -540,6 +619,11 @@ impl<A: WorkerApp> Master<A> {
             self.backoff.failures(),
             self.respawn_at.saturating_duration_since(now).as_millis() as u64,
         );
+        state.board_fd = Some(self.board.fd());
+        state.metrics_fd = self.metrics.as_ref().map(AsRawFd::as_raw_fd);
+        state.slot_restarts = self.slot_restarts.clone();
+        state.master_age_ms = self.started.elapsed().as_millis() as u64;
+        // The control socket is close-on-exec: the new image binds its path anew.
         tracing::info!(binary = %binary.path.display(), "re-executing the master from the new binary");
         let e = upgrade::exec(&binary, &state);
         self.upgrade_failed(&format!("executing {}: {e}", binary.path.display()));
@@ -562,6 +646,13 @@ impl<A: WorkerApp> Master<A> {
 
     fn on_ttin(&mut self) {
         if self.stopping.is_some() {
+            return;
+        }
+        if self.target >= self.config.max_workers {
+            tracing::info!(
+                workers = self.target,
+                "SIGTTIN: already at --max-workers, keeping them"
+            );
             return;
         }
         self.target += 1;
@@ -630,6 +721,21 @@ impl<A: WorkerApp> Master<A> {
                 return None;
             }
         };
+        let taken: Vec<usize> = self.table.workers.iter().filter_map(|w| w.record).collect();
+        let Some(record) = self.board.free(&taken) else {
+            let delay = self.backoff.on_death(false, Duration::ZERO);
+            tracing::error!(
+                "no free scoreboard record (more workers alive than 2 x --max-workers); retrying in {delay:?}"
+            );
+            self.delay(delay);
+            return None;
+        };
+        self.board.board().records[record].reset(id, slot);
+        let max_requests = match (config.max_requests, config.max_requests_jitter) {
+            (0, _) => 0,
+            (n, 0) => n,
+            (n, j) => n + rand::random_range(0..=j),
+        };
         let spec = WorkerSpec {
             id,
             slot,
@@ -641,6 +747,9 @@ impl<A: WorkerApp> Master<A> {
             graceful_timeout,
             read_timeout,
             credentials: self.credentials,
+            board: self.board.board(),
+            record,
+            metrics: self.metrics.as_ref().map(AsRawFd::as_raw_fd),
         };
         // The closure (and the pipe's write end in it) is dropped in the master when `spawn`
         // returns, so the master holds only the read end.
@@ -659,6 +768,11 @@ impl<A: WorkerApp> Master<A> {
                     ready_at: None,
                     retiring: None,
                     closing_socket: None,
+                    record: Some(record),
+                    max_requests,
+                    rss: 0,
+                    over_memory: 0,
+                    recycling: false,
                 });
                 if let Some(r) = self.rollout.as_mut() {
                     r.spawned.push(id);
@@ -770,9 +884,13 @@ impl<A: WorkerApp> Master<A> {
         }
         rollout.old.retain(|old| self.table.is_live(*old));
         let Some(&old) = rollout.old.last() else {
-            tracing::info!("reload complete: every worker replaced");
-            self.config = rollout.config;
-            self.notifier.ready(&self.status_line());
+            if rollout.reload {
+                tracing::info!("reload complete: every worker replaced");
+                self.config = rollout.config;
+                self.notifier.ready(&self.status_line());
+            } else {
+                tracing::info!("recycling complete");
+            }
             return;
         };
         let slot = self.table.get(old).map_or(0, |w| w.slot);
@@ -801,6 +919,9 @@ impl<A: WorkerApp> Master<A> {
             return;
         };
         let uptime = w.started.elapsed();
+        if let Some(r) = w.record.and_then(|i| self.board.board().records.get(i)) {
+            r.pid.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(serial) = w.closing_socket {
             // Dead, so its descriptor is closed too: the socket is out of the group.
             self.sockets.gone(serial);
@@ -855,6 +976,7 @@ impl<A: WorkerApp> Master<A> {
             }
             Policy::Respawn => {
                 self.restarts += 1;
+                self.count_slot_restart(w.slot);
                 let delay = self.backoff.on_death(w.ready, uptime);
                 self.delay(delay);
                 let next = if delay.is_zero() {
@@ -906,7 +1028,8 @@ impl<A: WorkerApp> Master<A> {
         if let Some(c) = &self.check {
             at = at.min(c.deadline);
         }
-        at
+        // Heartbeats and boot deadlines are looked at at least twice a second.
+        at.min(now + HEARTBEAT_CHECK)
     }
 
     fn wait(&mut self) {
@@ -916,6 +1039,9 @@ impl<A: WorkerApp> Master<A> {
         // Round up so we do not wake a hair before the deadline and spin.
         let ms = timeout.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16;
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(c) = &self.control {
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+        }
         for w in &self.table.workers {
             if let Some(p) = &w.pipe {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
@@ -1003,10 +1129,242 @@ impl<A: WorkerApp> Master<A> {
                 let _ = kill(w.pid, Signal::SIGKILL);
             }
         }
+        if self.stopping.is_none() {
+            self.find_hung_workers();
+            self.sample_workers();
+        }
         // Healthy means the loop turns (it does, we are here) and someone serves.
         if self.stopping.is_none() && self.table.ready() > 0 {
             self.notifier.ping(now);
         }
+    }
+
+    fn count_slot_restart(&mut self, slot: usize) {
+        if self.slot_restarts.len() <= slot {
+            self.slot_restarts.resize(slot + 1, 0);
+        }
+        self.slot_restarts[slot] += 1;
+    }
+
+    /// A ready worker whose oldest thread heartbeat is older than `--worker-timeout` is hung (a
+    /// blocked runtime, a deadlock, SIGSTOP): SIGABRT for a backtrace in the journal, SIGKILL a
+    /// second later (at once if it is stopped, when SIGABRT would wait), and a replacement in
+    /// its slot now. A worker that was not ready within the boot timeout is killed the same way.
+    fn find_hung_workers(&mut self) {
+        let now_ms = crate::scoreboard::now_ms();
+        let timeout = self.config.worker_timeout;
+        let pending = self.pending_id();
+        let mut hung = Vec::new();
+        for w in self.table.live() {
+            if w.ready {
+                let age = w
+                    .record
+                    .and_then(|i| self.board.board().records.get(i))
+                    .and_then(|r| r.heartbeat_age_ms(now_ms));
+                if let Some(age) = age
+                    && age > timeout.as_millis() as u64
+                {
+                    hung.push((
+                        w.id,
+                        format!(
+                            "no heartbeat for {age} ms (--worker-timeout {}s)",
+                            timeout.as_secs()
+                        ),
+                    ));
+                }
+            } else if Some(w.id) != pending && w.started.elapsed() > BOOT_TIMEOUT {
+                hung.push((w.id, format!("not ready after {BOOT_TIMEOUT:?}")));
+            }
+        }
+        for (id, why) in hung {
+            let Some(w) = self.table.get(id) else {
+                continue;
+            };
+            let (pid, slot, ready, uptime) = (w.pid, w.slot, w.ready, w.started.elapsed());
+            let stopped = process_state(pid) == Some('T');
+            let sig = if stopped || !ready {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGABRT
+            };
+            tracing::error!(
+                worker = id,
+                slot,
+                pid = pid.as_raw(),
+                signal = sig.as_str(),
+                "worker hung: {why}; killing it and starting a replacement"
+            );
+            self.restarts += 1;
+            self.count_slot_restart(slot);
+            let delay = self.backoff.on_death(ready, uptime);
+            self.delay(delay);
+            self.retire(id, sig, ABORT_GRACE);
+        }
+    }
+
+    /// Once a second: each worker's resident memory (for `status` and `--max-worker-memory`),
+    /// and its request count against `--max-requests`. A worker over either is recycled: a
+    /// replacement starts in its slot and it retires once that one serves.
+    fn sample_workers(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.sampled_at.elapsed() < Duration::from_secs(1) && self.config.max_requests == 0 {
+            return;
+        }
+        let sample_memory = self.sampled_at.elapsed() >= Duration::from_secs(1);
+        if sample_memory {
+            self.sampled_at = Instant::now();
+        }
+        let limit = self.config.max_worker_memory;
+        let mut recycle = Vec::new();
+        for w in self
+            .table
+            .workers
+            .iter_mut()
+            .filter(|w| w.retiring.is_none())
+        {
+            if sample_memory {
+                w.rss = rss_bytes(w.pid).unwrap_or(0);
+                if limit > 0 && w.rss > limit {
+                    w.over_memory += 1;
+                } else {
+                    w.over_memory = 0;
+                }
+            }
+            if !w.ready || w.recycling {
+                continue;
+            }
+            let requests = w
+                .record
+                .and_then(|i| self.board.board().records.get(i))
+                .map_or(0, |r| r.requests.load(Relaxed));
+            if w.max_requests > 0 && requests >= w.max_requests {
+                recycle.push((
+                    w.id,
+                    format!("it answered {requests} requests (--max-requests)"),
+                ));
+            } else if w.over_memory >= MEMORY_SAMPLES {
+                recycle.push((w.id, format!("its resident memory was {} MiB for {MEMORY_SAMPLES} samples (--max-worker-memory {} MiB)", w.rss >> 20, limit >> 20)));
+            }
+        }
+        for (id, why) in recycle {
+            if let Some(w) = self.table.get_mut(id) {
+                w.recycling = true;
+                tracing::info!(
+                    worker = id,
+                    slot = w.slot,
+                    pid = w.pid.as_raw(),
+                    "recycling the worker: {why}"
+                );
+            }
+            match self.rollout.as_mut() {
+                Some(r) => {
+                    if !r.old.contains(&id) && r.pending.is_none_or(|p| p.old != id) {
+                        r.old.insert(0, id);
+                    }
+                }
+                None => {
+                    self.rollout = Some(Rollout {
+                        old: vec![id],
+                        pending: None,
+                        config: self.config.clone(),
+                        spawned: Vec::new(),
+                        reload: false,
+                    })
+                }
+            }
+        }
+    }
+
+    fn serve_control(&mut self) {
+        let Some(control) = self.control.take() else {
+            return;
+        };
+        control.serve(|req| self.answer(req));
+        self.control = Some(control);
+    }
+
+    fn answer(&mut self, req: Request) -> serde_json::Value {
+        match req {
+            Request::Status => self.status_document(),
+            Request::Reload => {
+                if self.stopping.is_some() {
+                    return serde_json::json!({ "ok": false, "error": "stopping" });
+                }
+                tracing::info!("reload asked on the control socket");
+                self.on_reload();
+                serde_json::json!({ "ok": true, "reloading": true })
+            }
+            Request::Scale(n) => {
+                let (min, max) = (self.min_workers, self.config.max_workers);
+                if self.stopping.is_some() {
+                    serde_json::json!({ "ok": false, "error": "stopping" })
+                } else if n < min || n > max {
+                    serde_json::json!({ "ok": false, "error": format!("{n} workers: choose from {min} to {max} (--max-workers)") })
+                } else {
+                    tracing::info!(
+                        from = self.target,
+                        to = n,
+                        "scale asked on the control socket"
+                    );
+                    self.target = n;
+                    serde_json::json!({ "ok": true, "workers": n })
+                }
+            }
+        }
+    }
+
+    /// `clusterd status --json`.
+    fn status_document(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now_ms = crate::scoreboard::now_ms();
+        let board = self.board.board();
+        let workers: Vec<serde_json::Value> = self
+            .table
+            .workers
+            .iter()
+            .map(|w| {
+                let r = w.record.and_then(|i| board.records.get(i));
+                let state = match (&w.retiring, w.ready, w.recycling) {
+                    (Some(_), _, _) => "stopping",
+                    (None, false, _) => "booting",
+                    (None, true, true) => "recycling",
+                    (None, true, false) => "ready",
+                };
+                serde_json::json!({
+                    "slot": w.slot,
+                    "id": w.id,
+                    "pid": w.pid.as_raw(),
+                    "state": state,
+                    "uptime_s": w.started.elapsed().as_secs(),
+                    "restarts": self.slot_restarts.get(w.slot).copied().unwrap_or(0),
+                    "connections": r.map(|r| r.connections.load(Relaxed)),
+                    "requests": r.map(|r| r.requests.load(Relaxed)),
+                    "rss_bytes": rss_bytes(w.pid),
+                    "heartbeat_age_ms": r.and_then(|r| r.heartbeat_age_ms(now_ms)),
+                    "store": w.healthy.map(|h| if h { "up" } else { "down" }),
+                })
+            })
+            .collect();
+        let health: Vec<bool> = self.table.live().filter_map(|w| w.healthy).collect();
+        serde_json::json!({
+            "master": {
+                "pid": self.pid.as_raw(),
+                "uptime_s": self.started.elapsed().as_secs(),
+                "workers": self.table.ready(),
+                "target": self.target,
+                "max_workers": self.config.max_workers,
+                "restarts": self.restarts,
+                "reloading": self.rollout.as_ref().is_some_and(|r| r.reload),
+                "status": self.status_line(),
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+            "store": {
+                "kind": self.health_label.as_deref().map(|l| l.trim_start_matches("store ")),
+                "up": health.iter().filter(|h| **h).count(),
+                "down": health.iter().filter(|h| !**h).count(),
+            },
+            "workers": workers,
+        })
     }
 
     fn status_line(&self) -> String {
@@ -1023,11 +1381,39 @@ impl<A: WorkerApp> Master<A> {
     }
 
     fn update_status(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let header = self.board.board().header;
+        header.restarts.store(self.restarts, Relaxed);
+        header.ready.store(self.table.ready() as u64, Relaxed);
+        header.target.store(self.target as u64, Relaxed);
+        header
+            .reloading
+            .store(u64::from(self.rollout.is_some()), Relaxed);
         if self.stopping.is_none() {
             let line = self.status_line();
             self.notifier.status(&line);
         }
     }
+}
+
+/// A process's resident memory, from /proc/PID/statm.
+fn rss_bytes(pid: Pid) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(pages * page)
+}
+
+/// A process's state letter (R, S, T, ...), from /proc/PID/stat.
+fn process_state(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// `now` minus `ms`, or `now` if that is before the clock's start.
+fn ago_from(now: Instant, ms: u64) -> Instant {
+    now.checked_sub(Duration::from_millis(ms)).unwrap_or(now)
 }
 
 /// The exit code `main` should use for a master error.

@@ -33,6 +33,16 @@ pub struct Worker {
     /// The serial of its slot's socket when the slot went away and this worker holds the socket
     /// last, until the worker reports it shut the socket down (or dies).
     pub closing_socket: Option<u64>,
+    /// Its record on the scoreboard (`None` for a worker of an image that had none).
+    pub record: Option<usize>,
+    /// Recycle it after this many requests (0: never).
+    pub max_requests: u64,
+    /// Resident memory at the last sample, in bytes.
+    pub rss: u64,
+    /// Consecutive samples over `--max-worker-memory`.
+    pub over_memory: u32,
+    /// Being replaced for its request count or memory (recycling).
+    pub recycling: bool,
 }
 
 /// A worker the master asked to stop.
@@ -121,6 +131,11 @@ mod tests {
                 killed: false,
             }),
             closing_socket: None,
+            record: None,
+            max_requests: 0,
+            rss: 0,
+            over_memory: 0,
+            recycling: false,
         }
     }
 

@@ -146,6 +146,12 @@ pub struct WorkerState {
     pub retiring: Option<(u64, bool)>,
     /// Serial of the retired slot socket it holds last.
     pub closing_socket: Option<u64>,
+    /// Its scoreboard record.
+    #[serde(default)]
+    pub record: Option<usize>,
+    /// Its recycling limit.
+    #[serde(default)]
+    pub max_requests: u64,
 }
 
 /// What the new image needs of the old one.
@@ -169,6 +175,18 @@ pub struct State {
     pub failures: u32,
     /// Milliseconds until the next fork is allowed.
     pub respawn_in_ms: u64,
+    /// The scoreboard's memfd.
+    #[serde(default)]
+    pub board_fd: Option<RawFd>,
+    /// The metrics socket.
+    #[serde(default)]
+    pub metrics_fd: Option<RawFd>,
+    /// Restarts by slot.
+    #[serde(default)]
+    pub slot_restarts: Vec<u64>,
+    /// How long the master has run, over all its images.
+    #[serde(default)]
+    pub master_age_ms: u64,
 }
 
 impl State {
@@ -194,6 +212,10 @@ impl State {
             restarts,
             failures,
             respawn_in_ms,
+            board_fd: None,
+            metrics_fd: None,
+            slot_restarts: Vec::new(),
+            master_age_ms: 0,
         }
     }
 
@@ -207,6 +229,8 @@ impl State {
     /// Every descriptor that must cross `execve`.
     fn fds(&self) -> Vec<RawFd> {
         let mut fds = self.sockets.as_ref().map_or_else(Vec::new, Inherited::fds);
+        fds.extend(self.board_fd);
+        fds.extend(self.metrics_fd);
         fds.extend(self.workers.iter().filter_map(|w| w.pipe));
         fds
     }

@@ -126,9 +126,18 @@ fn decode(text: &str) -> Result<State, LoadError> {
     serde_json::from_str(text).map_err(|e| LoadError::Deserialization(e.into()))
 }
 
+/// Runs a store operation, counting it on the scoreboard (`op` indexes `STORE_OPS`).
+async fn timed<T, E>(op: usize, f: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let result = f.await;
+    crate::scoreboard::count_store(op, started.elapsed(), result.is_ok());
+    result
+}
+
 impl SessionStore for Store {
     async fn load(&self, key: &SessionKey) -> Result<Option<State>, LoadError> {
-        let text = dispatch!(self, s => s.get(key.as_ref()).await)
+        let text = timed(0, async { dispatch!(self, s => s.get(key.as_ref()).await) })
+            .await
             .map_err(|e| LoadError::Other(e.into()))?;
         text.map(|t| decode(&t)).transpose()
     }
@@ -136,8 +145,11 @@ impl SessionStore for Store {
     async fn save(&self, state: State, ttl: &CookieDuration) -> Result<SessionKey, SaveError> {
         let value = encode(&state).map_err(SaveError::Serialization)?;
         let key = actix_session::storage::generate_session_key();
-        let created = dispatch!(self, s => s.create(key.as_ref(), &value, ttl_of(ttl)).await)
-            .map_err(|e| SaveError::Other(e.into()))?;
+        let created = timed(1, async {
+            dispatch!(self, s => s.create(key.as_ref(), &value, ttl_of(ttl)).await)
+        })
+        .await
+        .map_err(|e| SaveError::Other(e.into()))?;
         if !created {
             // 64 random alphanumerics colliding means the RNG is broken (e.g. not reseeded
             // after fork); refuse rather than hand one user another's session.
@@ -155,8 +167,11 @@ impl SessionStore for Store {
         ttl: &CookieDuration,
     ) -> Result<SessionKey, UpdateError> {
         let value = encode(&state).map_err(UpdateError::Serialization)?;
-        let replaced = dispatch!(self, s => s.replace(key.as_ref(), &value, ttl_of(ttl)).await)
-            .map_err(|e| UpdateError::Other(e.into()))?;
+        let replaced = timed(2, async {
+            dispatch!(self, s => s.replace(key.as_ref(), &value, ttl_of(ttl)).await)
+        })
+        .await
+        .map_err(|e| UpdateError::Other(e.into()))?;
         if replaced {
             return Ok(key);
         }
@@ -179,6 +194,9 @@ impl SessionStore for Store {
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), anyhow::Error> {
-        Ok(dispatch!(self, s => s.delete(key.as_ref()).await)?)
+        Ok(timed(3, async {
+            dispatch!(self, s => s.delete(key.as_ref()).await)
+        })
+        .await?)
     }
 }

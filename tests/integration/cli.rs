@@ -162,3 +162,24 @@ fn check_config_says_ok_or_why_not_and_binds_nothing() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("loading users"), "{stderr}");
 }
+
+#[test]
+fn help_lists_the_operator_options() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--control-socket",
+        "--metrics-bind",
+        "--worker-timeout",
+        "--max-requests",
+        "--max-requests-jitter",
+        "--max-worker-memory",
+        "--max-workers",
+        "--check-config",
+    ] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
+    for sub in ["status", "scale", "reload"] {
+        assert!(help.contains(sub), "{sub} missing:\n{help}");
+    }
+}

@@ -7,6 +7,7 @@ mod abuse;
 mod balance;
 mod cli;
 mod cluster;
+mod operate;
 mod sessions;
 mod systemd;
 mod upgrade;

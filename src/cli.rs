@@ -1,0 +1,142 @@
+//! `clusterd status|scale|reload`: clients of the master's control socket. Runs in a short-lived
+//! process of its own, never in the master.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clusterd::config::{Args, ClusterConfig, Config, SessionConfig};
+use clusterd::master::control;
+
+/// Where the master puts its control socket: `--control-socket`, else
+/// `$RUNTIME_DIRECTORY/control.sock` (systemd's `RuntimeDirectory=`), else the data dir.
+pub fn control_path(cluster: &ClusterConfig, session: &SessionConfig) -> PathBuf {
+    cluster.control_socket.clone().unwrap_or_else(|| {
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| session.data_dir.clone())
+            .join("control.sock")
+    })
+}
+
+/// The socket a client talks to: the one given, else where a master with these options would
+/// put it, else the service's (`/run/clusterd/control.sock`): the first that exists.
+fn find(args: &Args, given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let state = std::env::var_os("STATE_DIRECTORY").map(PathBuf::from);
+    let config = Config::load(args, state.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(p) = config.cluster.control_socket {
+        return Ok(p);
+    }
+    let candidates = [
+        control_path(&config.cluster, &config.session),
+        PathBuf::from("/run/clusterd/control.sock"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no control socket at {} or {}: is clusterd running? pass --control-socket PATH",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
+}
+
+fn ask(args: &Args, given: Option<&Path>, line: &str) -> Result<serde_json::Value, String> {
+    let path = find(args, given)?;
+    let answer = control::ask(&path, line)?;
+    if answer["ok"] == serde_json::Value::Bool(false) {
+        return Err(answer["error"].as_str().unwrap_or("refused").to_string());
+    }
+    Ok(answer)
+}
+
+fn done(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clusterd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `clusterd status [--json]`.
+pub fn status(args: &Args, given: Option<&Path>, json: bool) -> ExitCode {
+    done(ask(args, given, "status").map(|doc| {
+        if json {
+            println!("{doc}");
+        } else {
+            print!("{}", table(&doc));
+        }
+    }))
+}
+
+/// `clusterd scale N`.
+pub fn scale(args: &Args, given: Option<&Path>, workers: usize) -> ExitCode {
+    done(ask(args, given, &format!("scale {workers}")).map(|_| {
+        println!("clusterd: scaling to {workers} workers");
+    }))
+}
+
+/// `clusterd reload`.
+pub fn reload(args: &Args, given: Option<&Path>) -> ExitCode {
+    done(ask(args, given, "reload").map(|_| {
+        println!("clusterd: reloading (see `clusterd status`)");
+    }))
+}
+
+/// The status document as a person reads it: the master's line, then a line per worker.
+fn table(doc: &serde_json::Value) -> String {
+    let m = &doc["master"];
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let mut out = format!(
+        "master pid {}, up {} s: {}\n",
+        text(&m["pid"]),
+        text(&m["uptime_s"]),
+        text(&m["status"])
+    );
+    out += &format!(
+        "{:>4} {:>8} {:>9} {:>8} {:>8} {:>5} {:>9} {:>8} {:>9} {:>5}\n",
+        "SLOT",
+        "PID",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "CONNS",
+        "REQUESTS",
+        "RSS",
+        "HEARTBEAT",
+        "STORE"
+    );
+    for w in doc["workers"].as_array().into_iter().flatten() {
+        let rss = w["rss_bytes"]
+            .as_u64()
+            .map_or("-".into(), |b| format!("{} MiB", b >> 20));
+        let beat = w["heartbeat_age_ms"]
+            .as_u64()
+            .map_or("-".into(), |ms| format!("{ms} ms"));
+        out += &format!(
+            "{:>4} {:>8} {:>9} {:>7}s {:>8} {:>5} {:>9} {:>8} {:>9} {:>5}\n",
+            text(&w["slot"]),
+            text(&w["pid"]),
+            text(&w["state"]),
+            text(&w["uptime_s"]),
+            text(&w["restarts"]),
+            text(&w["connections"]),
+            text(&w["requests"]),
+            rss,
+            beat,
+            text(&w["store"]),
+        );
+    }
+    out
+}

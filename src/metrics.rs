@@ -1,0 +1,198 @@
+//! `/metrics` on `--metrics-bind`: Prometheus text, rendered from the scoreboard, so one scrape
+//! sees every worker. Runs in the workers, not the master: the master stays one thread with no
+//! runtime (no HTTP server there), and every worker has the whole board mapped. Each worker
+//! accepts on the one metrics socket the master bound, on a small server of one thread beside
+//! its public one, so the public port never answers `/metrics` and a scrape is served as long
+//! as any worker lives.
+
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::scoreboard::{self, Board, DURATION_BUCKETS, LOGIN_OUTCOMES, Record, STORE_OPS};
+
+/// Starts the metrics server on `listener` (one thread) and returns its handle.
+pub fn serve(listener: TcpListener) -> std::io::Result<actix_web::dev::ServerHandle> {
+    let server = HttpServer::new(|| {
+        App::new()
+            .route("/metrics", web::get().to(metrics))
+            .default_service(web::to(|| async { HttpResponse::NotFound().finish() }))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    Ok(handle)
+}
+
+async fn metrics() -> HttpResponse {
+    let Some(board) = scoreboard::board() else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    match render(board) {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(text),
+        Err(_) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
+/// The request duration histogram summed over workers.
+#[derive(Debug)]
+struct Durations {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for Durations {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Prometheus text for the whole board.
+pub fn render(board: Board) -> Result<String, std::fmt::Error> {
+    let live: Vec<&Record> = board
+        .records
+        .iter()
+        .filter(|r| r.pid.load(Ordering::Relaxed) != 0)
+        .collect();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut reg = Registry::default();
+
+    let workers = Gauge::<i64>::default();
+    workers.set(load(&board.header.ready) as i64);
+    reg.register("clusterd_workers", "Workers serving", workers);
+    let target = Gauge::<i64>::default();
+    target.set(load(&board.header.target) as i64);
+    reg.register("clusterd_workers_wanted", "Workers wanted", target);
+    let restarts = Counter::<u64>::default();
+    restarts.inc_by(load(&board.header.restarts));
+    reg.register(
+        "clusterd_worker_restarts",
+        "Unplanned worker deaths, each followed by a replacement",
+        restarts,
+    );
+
+    let requests = Family::<Labels, Counter<u64>>::default();
+    let connections = Family::<Labels, Gauge<i64>>::default();
+    let heartbeat = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let now = scoreboard::now_ms();
+    let mut durations = Durations {
+        sum: 0.0,
+        count: 0,
+        buckets: DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .map(|b| (b, 0))
+            .collect(),
+    };
+    let logins = Family::<Labels, Counter<u64>>::default();
+    let store_ops = Family::<Labels, Counter<u64>>::default();
+    let store_errors = Counter::<u64>::default();
+    let store_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    for r in &live {
+        let worker = load(&r.id).to_string();
+        let slot = load(&r.slot).to_string();
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let n = load(&r.status[i]);
+            if n > 0 {
+                requests
+                    .get_or_create(&vec![
+                        ("worker", worker.clone()),
+                        ("slot", slot.clone()),
+                        ("class", class.to_string()),
+                    ])
+                    .inc_by(n);
+            }
+        }
+        connections
+            .get_or_create(&vec![("worker", worker.clone()), ("slot", slot.clone())])
+            .set(r.connections.load(Ordering::Relaxed));
+        if let Some(age) = r.heartbeat_age_ms(now) {
+            heartbeat
+                .get_or_create(&vec![("worker", worker.clone()), ("slot", slot.clone())])
+                .set(age as f64 / 1000.0);
+        }
+        for (i, b) in r.duration.iter().enumerate() {
+            let n = load(b);
+            durations.buckets[i].1 += n;
+            durations.count += n;
+        }
+        durations.sum += load(&r.duration_sum_us) as f64 / 1e6;
+        for (i, outcome) in LOGIN_OUTCOMES.iter().enumerate() {
+            logins
+                .get_or_create(&vec![("outcome", outcome.to_string())])
+                .inc_by(load(&r.logins[i]));
+        }
+        for (i, op) in STORE_OPS.iter().enumerate() {
+            store_ops
+                .get_or_create(&vec![("op", op.to_string())])
+                .inc_by(load(&r.store_ops[i]));
+        }
+        store_errors.inc_by(load(&r.store_errors));
+        store_seconds.inc_by(load(&r.store_us) as f64 / 1e6);
+    }
+    reg.register(
+        "clusterd_http_requests",
+        "Requests answered, by worker and status class",
+        requests,
+    );
+    reg.register(
+        "clusterd_http_request_duration_seconds",
+        "Time from a request's head to its answer, all workers",
+        durations,
+    );
+    reg.register(
+        "clusterd_open_connections",
+        "Client connections open, by worker",
+        connections,
+    );
+    reg.register(
+        "clusterd_worker_heartbeat_age_seconds",
+        "Age of the oldest server-thread heartbeat, by worker",
+        heartbeat,
+    );
+    reg.register(
+        "clusterd_logins",
+        "Login attempts by outcome: ok, failed (wrong name or password), throttled (429), shed (503, hashing pool full)",
+        logins,
+    );
+    reg.register(
+        "clusterd_session_store_operations",
+        "Session-store operations, by kind",
+        store_ops,
+    );
+    reg.register(
+        "clusterd_session_store_errors",
+        "Session-store operations that failed",
+        store_errors,
+    );
+    reg.register(
+        "clusterd_session_store_duration_seconds",
+        "Time spent in session-store operations",
+        store_seconds,
+    );
+    let mut out = String::new();
+    encode(&mut out, &reg)?;
+    Ok(out)
+}

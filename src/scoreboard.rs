@@ -1,0 +1,269 @@
+//! The scoreboard: one shared memory mapping, made by the master before its first fork, with a
+//! fixed-size record per worker (after Apache's and unicorn's). Workers write their counters
+//! and heartbeats with relaxed atomics, without locks or system calls; the master reads them
+//! for `clusterd status`, hang detection and recycling, and any worker reads all of them to
+//! serve `/metrics`. Nothing in it is trusted for memory safety: it holds integers only.
+//!
+//! The mapping is a `memfd`, so it also crosses the master's `execve` on an upgrade: the new
+//! image maps the same file, and the workers it adopts keep writing where it reads.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
+
+/// Heartbeats per worker: one per server thread (more threads share the last).
+pub const MAX_THREADS: usize = 16;
+/// Upper bounds (seconds) of the request duration histogram's buckets; +Inf is implied.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Login outcomes counted, in record order.
+pub const LOGIN_OUTCOMES: [&str; 4] = ["ok", "failed", "throttled", "shed"];
+/// Session-store operations counted, in record order.
+pub const STORE_OPS: [&str; 4] = ["load", "save", "update", "delete"];
+
+/// What the master publishes about the whole cluster, at the start of the mapping.
+#[repr(C)]
+pub struct Header {
+    /// Unplanned worker deaths since the master started.
+    pub restarts: AtomicU64,
+    /// Workers serving.
+    pub ready: AtomicU64,
+    /// Workers wanted.
+    pub target: AtomicU64,
+    /// 1 while a rolling restart (reload, upgrade or recycling) is under way.
+    pub reloading: AtomicU64,
+}
+
+/// One worker's record. All zeros is a valid, empty record.
+#[repr(C)]
+pub struct Record {
+    /// The worker's pid (0: the record is free).
+    pub pid: AtomicI32,
+    /// Worker id.
+    pub id: AtomicU64,
+    /// Its slot.
+    pub slot: AtomicU64,
+    /// `CLOCK_MONOTONIC` milliseconds of each server thread's last tick (0: not started).
+    pub heartbeat_ms: [AtomicU64; MAX_THREADS],
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Answers by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub status: [AtomicU64; 5],
+    /// Request durations: one count per bucket of [`DURATION_BUCKETS`] (not cumulative), and
+    /// the last for +Inf.
+    pub duration: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    /// Sum of request durations in microseconds.
+    pub duration_sum_us: AtomicU64,
+    /// Open client connections.
+    pub connections: AtomicI64,
+    /// Login outcomes, by [`LOGIN_OUTCOMES`].
+    pub logins: [AtomicU64; LOGIN_OUTCOMES.len()],
+    /// Session-store operations by [`STORE_OPS`], their errors, and their total time (µs).
+    pub store_ops: [AtomicU64; STORE_OPS.len()],
+    /// Store operations that failed.
+    pub store_errors: AtomicU64,
+    /// Sum of store operation durations in microseconds.
+    pub store_us: AtomicU64,
+}
+
+impl Record {
+    /// Empties the record for a new worker (the master, before the fork).
+    pub fn reset(&self, id: u64, slot: usize) {
+        let zero = |a: &AtomicU64| a.store(0, Ordering::Relaxed);
+        self.pid.store(0, Ordering::Relaxed);
+        self.id.store(id, Ordering::Relaxed);
+        self.slot.store(slot as u64, Ordering::Relaxed);
+        self.heartbeat_ms.iter().for_each(zero);
+        zero(&self.requests);
+        self.status.iter().for_each(zero);
+        self.duration.iter().for_each(zero);
+        zero(&self.duration_sum_us);
+        self.connections.store(0, Ordering::Relaxed);
+        self.logins.iter().for_each(zero);
+        self.store_ops.iter().for_each(zero);
+        zero(&self.store_errors);
+        zero(&self.store_us);
+    }
+
+    /// The oldest heartbeat among the threads that have ticked, as an age in ms at `now_ms`;
+    /// `None` before the first tick.
+    pub fn heartbeat_age_ms(&self, now_ms: u64) -> Option<u64> {
+        self.heartbeat_ms
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed))
+            .filter(|h| *h != 0)
+            .min()
+            .map(|oldest| now_ms.saturating_sub(oldest))
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, status: u16, took: std::time::Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.status[class].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.duration[bucket].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Counts a login outcome (index into [`LOGIN_OUTCOMES`]) on this worker's record.
+pub fn count_login(outcome: usize) {
+    if let Some(r) = mine() {
+        r.logins[outcome].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a session-store operation (index into [`STORE_OPS`]) on this worker's record.
+pub fn count_store(op: usize, took: std::time::Duration, ok: bool) {
+    if let Some(r) = mine() {
+        r.store_ops[op].fetch_add(1, Ordering::Relaxed);
+        r.store_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        if !ok {
+            r.store_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds: the same clock in every process of the machine.
+pub fn now_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000
+    })
+}
+
+/// Errors making or mapping the scoreboard.
+#[derive(Debug, thiserror::Error)]
+#[error("scoreboard: {op}: {source}")]
+pub struct BoardError {
+    op: &'static str,
+    source: nix::Error,
+}
+
+/// The mapping: a [`Header`], then the records.
+pub struct Scoreboard {
+    fd: OwnedFd,
+    board: Board,
+}
+
+/// The mapped board, as every process sees it.
+#[derive(Clone, Copy)]
+pub struct Board {
+    /// The cluster's figures.
+    pub header: &'static Header,
+    /// One record per worker place.
+    pub records: &'static [Record],
+}
+
+/// Bytes before the first record (a multiple of Record's alignment).
+const HEADER_LEN: usize = std::mem::size_of::<Header>().next_multiple_of(64);
+
+impl Scoreboard {
+    /// Makes a board of `n` records.
+    pub fn create(n: usize) -> Result<Self, BoardError> {
+        let fd = nix::sys::memfd::memfd_create(
+            c"clusterd-scoreboard",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|source| BoardError {
+            op: "memfd_create",
+            source,
+        })?;
+        let len = HEADER_LEN + n.max(1) * std::mem::size_of::<Record>();
+        nix::unistd::ftruncate(&fd, len as i64).map_err(|source| BoardError {
+            op: "ftruncate",
+            source,
+        })?;
+        Self::map(fd)
+    }
+
+    /// Maps a board made by the previous image of this process (an upgrade).
+    pub fn adopt(fd: RawFd) -> Result<Self, BoardError> {
+        crate::master::upgrade::set_cloexec(fd, true).map_err(|_| BoardError {
+            op: "adopting the inherited descriptor",
+            source: nix::Error::EBADF,
+        })?;
+        // SAFETY: the previous image exported fd as its scoreboard memfd and let it cross
+        // execve (set_cloexec above proved it open); nothing else in this image owns it.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Self::map(fd)
+    }
+
+    fn map(fd: OwnedFd) -> Result<Self, BoardError> {
+        let len = nix::sys::stat::fstat(&fd)
+            .map_err(|source| BoardError {
+                op: "fstat",
+                source,
+            })?
+            .st_size as usize;
+        let n = len.saturating_sub(HEADER_LEN) / std::mem::size_of::<Record>();
+        let size = std::num::NonZeroUsize::new(HEADER_LEN + n * std::mem::size_of::<Record>())
+            .expect("non-zero");
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+        // SAFETY: a fresh shared mapping of the memfd, never unmapped (it lives as long as the
+        // process, so the 'static slice below stays valid); the file is at least `size` long.
+        let ptr = unsafe {
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|source| BoardError { op: "mmap", source })?;
+        // SAFETY: the mapping is page-aligned, so the header at its start and the records at
+        // HEADER_LEN (a multiple of 64) are aligned; it is HEADER_LEN + n records long;
+        // zero-filled by the kernel (all zeros is a valid Header and Record: atomics only); and
+        // shared memory that other processes change only through atomics.
+        let board = unsafe {
+            let base = ptr.as_ptr().cast::<u8>();
+            Board {
+                header: &*base.cast::<Header>(),
+                records: std::slice::from_raw_parts(base.add(HEADER_LEN).cast::<Record>(), n),
+            }
+        };
+        Ok(Scoreboard { fd, board })
+    }
+
+    /// The memfd, for the upgrade state.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The board.
+    pub fn board(&self) -> Board {
+        self.board
+    }
+
+    /// A free record (pid 0 and not `taken`), if any.
+    pub fn free(&self, taken: &[usize]) -> Option<usize> {
+        (0..self.board.records.len()).find(|i| !taken.contains(i))
+    }
+}
+
+/// The board and this worker's record, set once when a worker boots.
+static MINE: OnceLock<(Board, usize)> = OnceLock::new();
+
+/// Called by a new worker: its record is `index` on `board`.
+pub fn set_mine(board: Board, index: usize) {
+    let _ = MINE.set((board, index));
+}
+
+/// This worker's record, if it has one (not in tests that serve without a master).
+pub fn mine() -> Option<&'static Record> {
+    MINE.get().and_then(|(b, i)| b.records.get(*i))
+}
+
+/// The whole board, from inside a worker (for `/metrics`).
+pub fn board() -> Option<Board> {
+    MINE.get().map(|(b, _)| *b)
+}

@@ -1,0 +1,254 @@
+//! Operating the cluster: `clusterd status|scale|reload` on the control socket, `/metrics` on
+//! `--metrics-bind`, hung workers (heartbeats), recycling (`--max-requests`).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(15);
+
+/// Runs `clusterd ARGS --control-socket <the master's>` and returns (exit code, stdout, stderr).
+fn ctl(c: &Clusterd, args: &[&str]) -> (Option<i32>, String, String) {
+    let sock = c.data.join("control.sock");
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--control-socket")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status(c: &Clusterd) -> serde_json::Value {
+    let (code, out, err) = ctl(c, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn pids(doc: &serde_json::Value) -> Vec<i32> {
+    let mut p: Vec<i32> = doc["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_i64().unwrap() as i32)
+        .collect();
+    p.sort();
+    p
+}
+
+#[test]
+fn status_lists_every_worker_and_counts_its_requests() {
+    let c = Clusterd::start(Opts::default().workers(3));
+    for _ in 0..300 {
+        assert_eq!(
+            request(c.addr, "GET", "/healthz", &[], b"").unwrap().status,
+            200
+        );
+    }
+    let doc = status(&c);
+    assert_eq!(pids(&doc), c.workers());
+    let mut total = 0;
+    for w in doc["workers"].as_array().unwrap() {
+        for key in [
+            "slot",
+            "pid",
+            "state",
+            "uptime_s",
+            "restarts",
+            "connections",
+            "requests",
+            "rss_bytes",
+            "heartbeat_age_ms",
+        ] {
+            assert!(!w[key].is_null(), "{key} in {w}");
+        }
+        assert_eq!(w["state"], "ready");
+        assert!(w["rss_bytes"].as_u64().unwrap() > 1 << 20, "{w}");
+        total += w["requests"].as_u64().unwrap();
+    }
+    assert!((300..=320).contains(&total), "{total}: {doc}");
+    assert_eq!(doc["master"]["pid"], c.pid());
+    assert_eq!(doc["store"]["kind"], "sqlite");
+    let (code, out, _) = ctl(&c, &["status"]);
+    assert_eq!(code, Some(0));
+    // The master's line, a header, one line per worker.
+    assert_eq!(out.lines().count(), 2 + 3, "{out}");
+    for pid in c.workers() {
+        assert!(out.contains(&pid.to_string()), "{out}");
+    }
+}
+
+#[test]
+fn scale_sets_the_worker_count_within_max_workers() {
+    let c = Clusterd::start(Opts::default().workers(3).arg("--max-workers").arg("6"));
+    let (code, _, err) = ctl(&c, &["scale", "5"]);
+    assert_eq!(code, Some(0), "{err}");
+    let started = Instant::now();
+    eventually(Duration::from_secs(5), "5 workers", || {
+        let doc = status(&c);
+        (doc["master"]["workers"] == 5 && c.workers().len() == 5).then_some(())
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (code, _, _) = ctl(&c, &["scale", "3"]);
+    assert_eq!(code, Some(0));
+    eventually(T, "3 workers", || (c.workers().len() == 3).then_some(()));
+    let (code, _, err) = ctl(&c, &["scale", "7"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--max-workers"), "{err}");
+    // TTIN stops at the same bound (one signal at a time: signals of a kind do not queue).
+    for n in 1..=3 {
+        c.signal(Signal::SIGTTIN);
+        c.wait_log_count(T, "SIGTTIN: one worker more", n);
+    }
+    c.signal(Signal::SIGTTIN);
+    c.wait_log(T, "already at --max-workers");
+    eventually(T, "6 workers", || (c.workers().len() == 6).then_some(()));
+}
+
+#[test]
+fn a_missing_control_socket_is_one_line_naming_it() {
+    let dir = TempDir::new("no-control");
+    let path = dir.path().join("control.sock");
+    let out = Command::new(BIN)
+        .args(["status", "--control-socket"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(path.to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn a_stopped_worker_is_replaced_after_the_worker_timeout() {
+    let c = Clusterd::start(Opts::default().workers(2).arg("--worker-timeout").arg("3"));
+    let victim = c.workers()[0];
+    signal(victim, Signal::SIGSTOP);
+    let stopped = Instant::now();
+    eventually(Duration::from_secs(8), "the stopped worker gone", || {
+        (!exists(victim)).then_some(())
+    });
+    eventually(Duration::from_secs(8), "2 workers again", || {
+        (c.workers().len() == 2).then_some(())
+    });
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let line = c.log_lines("worker hung").join("\n");
+    assert!(
+        line.contains(&format!("pid={victim}")) && line.contains("no heartbeat"),
+        "{}",
+        c.log_text()
+    );
+    assert_eq!(status(&c)["master"]["restarts"], 1);
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_blocked_runtime_is_caught_by_its_heartbeat_not_only_sigstop() {
+    let c = Clusterd::start(Opts::default().workers(2).arg("--worker-timeout").arg("2"));
+    // A request that blocks its worker's only server thread for a minute.
+    let addr = c.addr;
+    let blocked = std::thread::spawn(move || request(addr, "GET", "/debug/block/60000", &[], b""));
+    c.wait_log(T, "debug block started");
+    let line = c.log_lines("debug block started").join("");
+    let victim: i32 = line
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .and_then(|s| s.parse().ok())
+        .expect("the worker's pid in its log line");
+    eventually(Duration::from_secs(8), "the blocked worker gone", || {
+        (!exists(victim)).then_some(())
+    });
+    let hung = c.log_lines("worker hung").join("\n");
+    assert!(
+        hung.contains(&format!("pid={victim}")) && hung.contains("SIGABRT"),
+        "{}",
+        c.log_text()
+    );
+    assert!(
+        blocked.join().unwrap().is_err(),
+        "the blocked request died with its worker"
+    );
+    eventually(T, "2 workers again", || {
+        (c.workers().len() == 2).then_some(())
+    });
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+#[test]
+fn max_requests_recycles_workers_without_a_failed_request() {
+    let c = Clusterd::start(Opts::default().workers(2).arg("--max-requests").arg("300"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops = request_loop(c.addr, "/healthz", Vec::new(), 4, stop.clone());
+    c.wait_log_count(T, "recycling complete", 3);
+    stop.store(true, Ordering::Relaxed);
+    let stats = join_loops(loops);
+    stats.assert_clean(600);
+    assert!(
+        c.log_lines("recycling the worker: it answered").len() >= 3,
+        "{}",
+        c.log_text()
+    );
+    assert_eq!(
+        status(&c)["master"]["restarts"],
+        0,
+        "recycling is no restart"
+    );
+}
+
+#[test]
+fn metrics_are_served_on_their_own_address_from_every_worker() {
+    let port = free_port();
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .arg("--metrics-bind")
+            .arg(format!("127.0.0.1:{port}")),
+    );
+    for _ in 0..200 {
+        assert_eq!(
+            request(c.addr, "GET", "/healthz", &[], b"").unwrap().status,
+            200
+        );
+    }
+    assert_eq!(c.get("/metrics").status, 404, "not on the public port");
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let r = request(metrics, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    for name in [
+        "clusterd_workers 2",
+        "clusterd_worker_restarts_total",
+        "clusterd_http_requests_total{",
+        "clusterd_http_request_duration_seconds_bucket{le=\"+Inf\"}",
+        "clusterd_open_connections{",
+        "clusterd_logins_total{outcome=\"shed\"}",
+        "clusterd_session_store_operations_total",
+        "clusterd_session_store_errors_total",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    let served: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("clusterd_http_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(served >= 200, "{served}:\n{text}");
+    let workers = text
+        .lines()
+        .filter(|l| l.starts_with("clusterd_http_requests_total{"))
+        .filter_map(|l| l.split("worker=\"").nth(1)?.split('"').next())
+        .collect::<std::collections::HashSet<_>>();
+    assert_eq!(workers.len(), 2, "{text}");
+}
