@@ -90,6 +90,11 @@ read -r n f </tmp/loop
 for p in $(workers); do echo " $old " | grep -q " $p " && fail "worker $p was not replaced"; done
 ok "systemctl reload: workers $old -> $(workers), $n requests, 0 failed"
 
+# -- clusterd status (as root, on /run/clusterd/control.sock) lists every worker pid
+st=$(clusterd status) || fail "clusterd status: $st"
+for p in $(workers); do echo "$st" | grep -qw "$p" || fail "clusterd status lacks worker $p: $st"; done
+ok "clusterd status lists workers $(workers)"
+
 # -- a deploy: install a new binary (the same program with bytes appended), systemctl reload
 # under a request loop: the master re-executes in place (same MainPID), every process runs the
 # new file, zero failures, the session survives
