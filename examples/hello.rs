@@ -43,7 +43,7 @@ impl WorkerApp for Hello {
 }
 
 fn main() -> anyhow::Result<()> {
-    clusterd::log::init();
+    clusterd::log::init(clusterd::log::Format::Plain);
     let config = ClusterConfig {
         bind: "127.0.0.1:8081".parse()?,
         workers: 2,

@@ -60,26 +60,89 @@ pub fn set_role(role: impl Into<String>) {
     }
 }
 
-/// Installs the subscriber. Under systemd (`JOURNAL_STREAM` set) lines carry no timestamp, since
-/// the journal adds its own.
-pub fn init() {
+/// How each event is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// `2026-11-30T00:00:00Z  INFO [worker 3 pid 12] message key=value`: for people.
+    #[default]
+    Plain,
+    /// One JSON object a line (`timestamp`, `level`, `role`, `target`, `message`, the fields):
+    /// for log shippers.
+    Json,
+}
+
+/// Installs the subscriber. Under systemd (`JOURNAL_STREAM` set) plain lines carry no
+/// timestamp, since the journal adds its own.
+pub fn init(format: Format) {
     set_role("master");
     let filter: Targets = std::env::var("CLUSTERD_LOG")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| DEFAULT_FILTER.parse().expect("default filter parses"));
-    let format = Line {
-        timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
-    };
-    let _ = tracing_subscriber::registry()
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
         .with(ExpectedAcceptError)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .event_format(format)
-                .with_writer(std::io::stderr),
-        )
-        .with(filter)
-        .try_init();
+        .with(filter);
+    let _ = match format {
+        Format::Plain => registry
+            .with(layer.event_format(Line {
+                timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
+            }))
+            .try_init(),
+        Format::Json => registry.with(layer.event_format(JsonLine)).try_init(),
+    };
+}
+
+/// `--log-format json`: one object a line, built with serde_json, so any field value is
+/// escaped properly.
+struct JsonLine;
+
+/// Collects an event's fields into a JSON object.
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let mut fields = Fields(serde_json::Map::new());
+        event.record(&mut fields);
+        let mut line = serde_json::Map::new();
+        line.insert("timestamp".into(), timestamp.into());
+        line.insert("level".into(), event.metadata().level().as_str().into());
+        let role = ROLE.read().map(|r| r.clone()).unwrap_or_default();
+        line.insert("role".into(), role.into());
+        line.insert("target".into(), event.metadata().target().into());
+        line.extend(fields.0);
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
 }
 
 struct Line {

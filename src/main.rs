@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    clusterd::log::init();
+    clusterd::log::init(cli.log_format);
     // Left by the previous image of this process when it upgraded itself (see master::upgrade).
     let inherited = match upgrade::take_state() {
         Ok(s) => s,

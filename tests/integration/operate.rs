@@ -252,3 +252,42 @@ fn metrics_are_served_on_their_own_address_from_every_worker() {
         .collect::<std::collections::HashSet<_>>();
     assert_eq!(workers.len(), 2, "{text}");
 }
+
+#[test]
+fn log_format_json_writes_one_object_a_line() {
+    let c = Clusterd::start(Opts::default().workers(2).arg("--log-format").arg("json"));
+    assert_eq!(c.get("/healthz").status, 200);
+    c.signal(Signal::SIGHUP);
+    c.wait_log(T, "reload complete");
+    let text = c.log_text();
+    let mut roles = std::collections::HashSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        for key in ["timestamp", "level", "role", "message"] {
+            assert!(v[key].is_string(), "{key} in {line}");
+        }
+        roles.insert(
+            v["role"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(
+        roles.contains("master") && roles.contains("worker"),
+        "{roles:?}"
+    );
+    let started = text
+        .lines()
+        .find(|l| l.contains("\"worker started\""))
+        .expect("a worker started line");
+    let v: serde_json::Value = serde_json::from_str(started).unwrap();
+    assert!(
+        v["pid"].is_i64() && v["slot"].is_u64(),
+        "fields keep their types: {started}"
+    );
+}
