@@ -24,6 +24,8 @@ pub fn serve(listener: TcpListener) -> std::io::Result<actix_web::dev::ServerHan
     let server = HttpServer::new(|| {
         App::new()
             .route("/metrics", web::get().to(metrics))
+            .route("/status.json", web::get().to(status_json))
+            .route("/", web::get().to(dashboard))
             .default_service(web::to(|| async { HttpResponse::NotFound().finish() }))
     })
     .workers(1)
@@ -47,6 +49,65 @@ async fn metrics() -> HttpResponse {
         Err(_) => HttpResponse::InternalServerError().finish(),
     }
 }
+
+/// The board as JSON for the dashboard: the cluster's figures and a row per worker.
+async fn status_json() -> HttpResponse {
+    let Some(board) = scoreboard::board() else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(status(board))
+}
+
+/// What the dashboard shows, read from the scoreboard.
+pub fn status(board: Board) -> serde_json::Value {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let now = scoreboard::now_ms();
+    let mut workers: Vec<serde_json::Value> = board
+        .records
+        .iter()
+        .filter(|r| r.pid.load(Ordering::Relaxed) != 0)
+        .map(|r| {
+            let pid = r.pid.load(Ordering::Relaxed);
+            serde_json::json!({
+                "slot": load(&r.slot),
+                "id": load(&r.id),
+                "pid": pid,
+                "uptime_s": now.saturating_sub(load(&r.started_ms)) / 1000,
+                "connections": r.connections.load(Ordering::Relaxed),
+                "requests": load(&r.requests),
+                "rss_bytes": rss_bytes(pid),
+                "heartbeat_age_ms": r.heartbeat_age_ms(now),
+                "store": match load(&r.store) { 1 => "up", 2 => "down", _ => "-" },
+            })
+        })
+        .collect();
+    workers.sort_by_key(|w| (w["slot"].as_u64(), w["id"].as_u64()));
+    serde_json::json!({
+        "workers_ready": load(&board.header.ready),
+        "workers_wanted": load(&board.header.target),
+        "restarts": load(&board.header.restarts),
+        "reloading": load(&board.header.reloading) == 1,
+        "workers": workers,
+    })
+}
+
+/// A process's resident memory, from /proc (the workers run as one user, so they see each other).
+fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// `/` on `--metrics-bind`: the operator's dashboard, a table refreshed every second.
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(DASHBOARD)
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The request duration histogram summed over workers.
 #[derive(Debug)]

@@ -44,6 +44,10 @@ pub struct Record {
     pub id: AtomicU64,
     /// Its slot.
     pub slot: AtomicU64,
+    /// `CLOCK_MONOTONIC` ms when it was forked.
+    pub started_ms: AtomicU64,
+    /// Its session store as it last reported: 0 unknown, 1 up, 2 down.
+    pub store: AtomicU64,
     /// `CLOCK_MONOTONIC` milliseconds of each server thread's last tick (0: not started).
     pub heartbeat_ms: [AtomicU64; MAX_THREADS],
     /// Requests answered.
@@ -74,6 +78,8 @@ impl Record {
         self.pid.store(0, Ordering::Relaxed);
         self.id.store(id, Ordering::Relaxed);
         self.slot.store(slot as u64, Ordering::Relaxed);
+        self.started_ms.store(now_ms(), Ordering::Relaxed);
+        zero(&self.store);
         self.heartbeat_ms.iter().for_each(zero);
         zero(&self.requests);
         self.status.iter().for_each(zero);

@@ -100,6 +100,9 @@ impl MasterLink {
     /// Tells the master whether the app's dependencies answer. Only changes are sent.
     pub fn report_health(&self, ok: bool) {
         let byte = if ok { message::UP } else { message::DOWN };
+        if let Some(r) = crate::scoreboard::mine() {
+            r.store.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+        }
         if self.0.last.swap(byte, Ordering::Relaxed) != byte {
             self.send(byte);
         }

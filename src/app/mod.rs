@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod hasher;
+pub mod page;
 pub mod users;
 
 use std::net::IpAddr;
@@ -160,6 +161,11 @@ impl WorkerApp for DemoApp {
         cfg.app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(thread.clone()))
             .route("/healthz", web::get().to(healthz))
+            .service(with_session(
+                state,
+                &thread,
+                web::resource("/").route(web::get().to(page::index)),
+            ))
             .service(with_session(
                 state,
                 &thread,
@@ -385,7 +391,23 @@ fn check_same_site(req: &HttpRequest) -> Result<(), AppError> {
     Ok(())
 }
 
+/// `POST /login`: JSON for programs; a form post gets a redirect back to the page.
 async fn login(
+    req: HttpRequest,
+    payload: web::Payload,
+    session: Session,
+    state: web::Data<DemoState>,
+    thread: web::Data<ThreadStore>,
+) -> Result<HttpResponse, AppError> {
+    if page::is_form(&req) {
+        let page_state = state.clone();
+        let result = login_checked(req.clone(), payload, session, state, thread).await;
+        return Ok(page::back_to_page(&req, &page_state, result));
+    }
+    login_checked(req, payload, session, state, thread).await
+}
+
+async fn login_checked(
     req: HttpRequest,
     payload: web::Payload,
     session: Session,
@@ -476,11 +498,20 @@ async fn me(session: Session, state: web::Data<DemoState>) -> Result<HttpRespons
     })))
 }
 
-async fn logout(req: HttpRequest, session: Session) -> Result<HttpResponse, AppError> {
-    check_same_site(&req)?;
-    // purge deletes the record in the store and expires the cookie.
-    session.purge();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "logged out" })))
+async fn logout(
+    req: HttpRequest,
+    session: Session,
+    state: web::Data<DemoState>,
+) -> Result<HttpResponse, AppError> {
+    let result = check_same_site(&req).map(|()| {
+        // purge deletes the record in the store and expires the cookie.
+        session.purge();
+        HttpResponse::Ok().json(serde_json::json!({ "status": "logged out" }))
+    });
+    if page::is_form(&req) {
+        return Ok(page::back_to_page(&req, &state, result));
+    }
+    result
 }
 
 /// Debug builds only: a request that takes `ms` milliseconds (at most 10 s), so tests can have

@@ -708,9 +708,13 @@ pub fn write_request(
     keep_alive: bool,
 ) -> std::io::Result<()> {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nContent-Length: {}\r\n",
         body.len()
     );
+    // Host: 127.0.0.1 unless the caller names another.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: 127.0.0.1\r\n");
+    }
     if !keep_alive {
         head.push_str("Connection: close\r\n");
     }

@@ -8,6 +8,7 @@ mod balance;
 mod cli;
 mod cluster;
 mod operate;
+mod page;
 mod sessions;
 mod systemd;
 mod upgrade;
