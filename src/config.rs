@@ -123,7 +123,7 @@ pub struct Args {
     /// TOML file with any of these options (kebab-case keys); re-read on SIGHUP
     #[arg(long, env = "CLUSTERD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Redis URL for sessions (redis://, rediss://); without it sessions use the embedded store
+    /// Redis URL for sessions (redis://, rediss://, or redis+sentinel://host:port,.../SERVICE[/DB]); without it sessions use the embedded store
     #[arg(long, env = "REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     /// Prefix of the Redis keys that hold sessions [default: clusterd:session:]
@@ -425,11 +425,19 @@ impl Config {
             .or(file.redis_url)
             .filter(|u| !u.is_empty());
         if let Some(url) = &redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            && ![
+                "redis://",
+                "rediss://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+            ]
+            .iter()
+            .any(|s| url.starts_with(s))
         {
             return Err(invalid(
                 "redis-url",
-                "must start with redis:// or rediss://".into(),
+                "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
+                    .into(),
             ));
         }
         let data_dir = args

@@ -29,7 +29,7 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: Client,
+    target: Target,
     prefix: String,
     /// The idle timeout, renewed by every read.
     idle: Duration,
@@ -45,13 +45,157 @@ struct Conn {
     failures: u64,
 }
 
+/// Where the data lives.
+enum Target {
+    /// One Redis at a fixed address.
+    Direct(Client),
+    /// The primary of a Sentinel-monitored group, looked up on every (re)connect.
+    Sentinel(Sentinel),
+}
+
+/// `redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE[/DB]`.
+struct Sentinel {
+    /// The sentinels, each as a client (no credentials: those are the data nodes').
+    sentinels: Vec<Client>,
+    service: String,
+    /// `redis://` or `rediss://`, with the credentials, for the data node.
+    scheme: &'static str,
+    auth: String,
+    db: String,
+}
+
+impl Sentinel {
+    fn parse(url: &str) -> Result<Sentinel, RedisError> {
+        let invalid = |why: &str| {
+            RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid sentinel URL",
+                why.to_string(),
+            ))
+        };
+        let (scheme, rest) = if let Some(r) = url.strip_prefix("redis+sentinel://") {
+            ("redis://", r)
+        } else if let Some(r) = url.strip_prefix("rediss+sentinel://") {
+            ("rediss://", r)
+        } else {
+            return Err(invalid(
+                "must start with redis+sentinel:// or rediss+sentinel://",
+            ));
+        };
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (format!("{auth}@"), rest),
+            None => (String::new(), rest),
+        };
+        let (hosts, path) = rest
+            .split_once('/')
+            .ok_or_else(|| invalid("no /SERVICE after the sentinels"))?;
+        let (service, db) = match path.split_once('/') {
+            Some((service, db)) => (service, db),
+            None => (path, "0"),
+        };
+        if service.is_empty() {
+            return Err(invalid("empty SERVICE"));
+        }
+        if db.parse::<u32>().is_err() {
+            return Err(invalid("DB must be a number"));
+        }
+        let sentinels = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| Client::open(format!("redis://{h}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if sentinels.is_empty() {
+            return Err(invalid("no sentinel address"));
+        }
+        Ok(Sentinel {
+            sentinels,
+            service: service.to_string(),
+            scheme,
+            auth,
+            db: db.to_string(),
+        })
+    }
+
+    /// Asks the sentinels, in turn, for the service's primary; the first that answers wins.
+    /// Then checks with ROLE that the node is a primary (a demoted one answers "slave"), so
+    /// clusterd never writes to a replica.
+    async fn primary(
+        &self,
+        config: &AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, String> {
+        let mut last = String::from("no sentinel answered");
+        for sentinel in &self.sentinels {
+            let asked = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let mut c = sentinel
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.service)
+                    .query_async::<Option<(String, u16)>>(&mut c)
+                    .await
+            })
+            .await;
+            let (host, port) = match asked {
+                Ok(Ok(Some(addr))) => addr,
+                Ok(Ok(None)) => {
+                    last = format!("sentinels do not know the service {:?}", self.service);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    last = format!("sentinel: {e}");
+                    continue;
+                }
+                Err(_) => {
+                    last = "sentinel timed out".into();
+                    continue;
+                }
+            };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            let url = format!("{}{}{host}:{port}/{}", self.scheme, self.auth, self.db);
+            let client = Client::open(url).map_err(|e| e.to_string())?;
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let mut c = client
+                    .get_multiplexed_async_connection_with_config(config)
+                    .await?;
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await?;
+                Ok::<_, RedisError>((c, role))
+            })
+            .await;
+            match conn {
+                Ok(Ok((c, role))) => {
+                    let is_primary =
+                        matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master");
+                    if is_primary {
+                        return Ok(c);
+                    }
+                    last = format!("{host}:{port} is not the primary (yet)");
+                }
+                Ok(Err(e)) => last = format!("primary {host}:{port}: {e}"),
+                Err(_) => last = format!("primary {host}:{port}: connect timed out"),
+            }
+        }
+        Err(last)
+    }
+}
+
 impl RedisStore {
     /// Parses the URL; connects on first use. An unparsable URL is a configuration error.
     /// `idle` is the session idle timeout, which every read renews.
     pub fn new(url: &str, prefix: &str, idle: Duration) -> Result<Self, RedisError> {
+        let target =
+            if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
+                Target::Sentinel(Sentinel::parse(url)?)
+            } else {
+                Target::Direct(Client::open(url)?)
+            };
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                client: Client::open(url)?,
+                target,
                 prefix: prefix.to_string(),
                 idle,
                 conn: Mutex::new(Conn::default()),
@@ -100,14 +244,17 @@ impl RedisStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        // The outer timeout also covers the handshake (AUTH, SELECT, TLS).
-        let attempt = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            self.inner
-                .client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await;
+        let attempt = match &self.inner.target {
+            // The outer timeout also covers the handshake (AUTH, SELECT, TLS).
+            Target::Direct(client) => tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                client.get_multiplexed_async_connection_with_config(&config),
+            )
+            .await
+            .map(|r| r.map_err(|e| e.to_string())),
+            // Each step of the lookup has its own timeout; a failover in progress answers fast.
+            Target::Sentinel(s) => Ok(s.primary(&config).await),
+        };
         let mut c = self
             .inner
             .conn
@@ -122,7 +269,7 @@ impl RedisStore {
                 c.live = Some(conn.clone());
                 return Ok(conn);
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => e,
             Err(_) => "connect timed out".to_string(),
         };
         if c.failures == 0 {
@@ -143,10 +290,13 @@ impl RedisStore {
     }
 
     fn failed(&self, e: RedisError) -> StoreError {
+        // READONLY: the node was demoted to a replica (a Sentinel failover); reconnect, which
+        // looks the primary up again.
         if e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_unrecoverable_error()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
         {
             let mut c = self
                 .inner

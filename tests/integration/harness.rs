@@ -209,6 +209,11 @@ fn redis_binary() -> PathBuf {
 }
 
 impl Redis {
+    /// The redis-server executable (the test fails with how to install it if missing).
+    pub fn binary() -> PathBuf {
+        redis_binary()
+    }
+
     pub fn start() -> Self {
         Self::start_with(&[])
     }
@@ -297,7 +302,7 @@ impl Redis {
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)

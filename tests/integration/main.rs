@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod operate;
 mod page;
+mod sentinel;
 mod sessions;
 mod systemd;
 mod upgrade;

@@ -1,0 +1,150 @@
+//! Redis Sentinel: a primary, a replica and three sentinels (quorum 2, down-after 1 s) on
+//! loopback ports; clusterd finds the primary through the sentinels and follows a failover.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// One `redis-server --sentinel` with its own (rewritable) config file, stopped by pid.
+struct SentinelProcess {
+    port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl SentinelProcess {
+    fn start(primary: u16) -> Self {
+        let dir = TempDir::new("sentinel");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor svc 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds svc 1000\n\
+                 sentinel failover-timeout svc 5000\n\
+                 sentinel parallel-syncs svc 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let redis = Redis::binary();
+        let child = Command::new(redis)
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting a sentinel");
+        eventually(Duration::from_secs(10), "the sentinel answering", || {
+            (redis_cli(port, &["PING"]).trim() == "PONG").then_some(())
+        });
+        SentinelProcess {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_failover_behind_sentinel_logs_nobody_out() {
+    let mut primary = Redis::start();
+    let replica_of = primary.port.to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
+    eventually(Duration::from_secs(10), "the replica in sync", || {
+        redis_cli(replica.port, &["INFO", "replication"])
+            .contains("master_link_status:up")
+            .then_some(())
+    });
+    let sentinels: Vec<SentinelProcess> = (0..3)
+        .map(|_| SentinelProcess::start(primary.port))
+        .collect();
+    eventually(
+        Duration::from_secs(15),
+        "the sentinels know the replica and each other",
+        || {
+            let s = redis_cli(sentinels[0].port, &["SENTINEL", "master", "svc"]);
+            (s.contains("num-slaves\n1") && s.contains("num-other-sentinels\n2")).then_some(())
+        },
+    );
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let url = format!("redis+sentinel://{}/svc/0", hosts.join(","));
+    let c = Clusterd::start(Opts::default().workers(2).arg("--redis-url").arg(url));
+
+    let cookies: Vec<String> = (0..20).map(|_| c.login("alice", "wonderland")).collect();
+    // Every session on the replica before the primary goes.
+    redis_cli(primary.port, &["WAIT", "1", "2000"]);
+
+    let killed = Instant::now();
+    primary.stop();
+    let mut first_bad: Option<Duration> = None;
+    let mut last_bad: Option<Duration> = None;
+    let mut slowest = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut good_in_a_row = 0;
+    while Instant::now() < deadline && good_in_a_row < 20 {
+        let asked = Instant::now();
+        let r = request(c.addr, "GET", "/me", &[("cookie", &cookies[0])], b"").unwrap();
+        slowest = slowest.max(asked.elapsed());
+        if r.status == 200 {
+            good_in_a_row += 1;
+        } else {
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(r.json()["error"].is_string());
+            good_in_a_row = 0;
+            first_bad.get_or_insert(killed.elapsed());
+            last_bad = Some(killed.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        good_in_a_row >= 20,
+        "no steady 200s within 30 s of the kill:\n{}",
+        c.log_text()
+    );
+    let window = match (first_bad, last_bad) {
+        (Some(a), Some(b)) => b - a,
+        _ => Duration::ZERO,
+    };
+    eprintln!(
+        "failover: non-200 from {first_bad:?} to {last_bad:?} after the kill; slowest answer {slowest:?}"
+    );
+    assert!(window <= Duration::from_secs(10), "window {window:?}");
+    assert!(
+        slowest <= Duration::from_millis(1500),
+        "slowest {slowest:?}"
+    );
+    for cookie in &cookies {
+        let r = request(c.addr, "GET", "/me", &[("cookie", cookie)], b"").unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "a session from before the failover: {}",
+            r.text()
+        );
+    }
+    // Writes reach the new primary: a login and a logout.
+    let fresh = c.login("alice", "wonderland");
+    let r = request(c.addr, "POST", "/logout", &[("cookie", &fresh)], b"").unwrap();
+    assert_eq!(r.status, 200);
+    let r = request(c.addr, "GET", "/me", &[("cookie", &fresh)], b"").unwrap();
+    assert_eq!(r.status, 401);
+    let role = redis_cli(replica.port, &["ROLE"]);
+    assert!(
+        role.starts_with("master"),
+        "the replica was promoted: {role}"
+    );
+}
