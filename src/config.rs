@@ -123,7 +123,7 @@ pub struct Args {
     /// TOML file with any of these options (kebab-case keys); re-read on SIGHUP
     #[arg(long, env = "CLUSTERD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Redis URL for sessions (redis://, rediss://, or redis+sentinel://host:port,.../SERVICE[/DB]); without it sessions use the embedded store
+    /// Redis URL for sessions: redis://, rediss://, redis+sentinel://host:port,.../SERVICE[/DB] or redis+cluster://host:port,...; without it sessions use the embedded store
     #[arg(long, env = "REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     /// Prefix of the Redis keys that hold sessions [default: clusterd:session:]
@@ -430,13 +430,15 @@ impl Config {
                 "rediss://",
                 "redis+sentinel://",
                 "rediss+sentinel://",
+                "redis+cluster://",
+                "rediss+cluster://",
             ]
             .iter()
             .any(|s| url.starts_with(s))
         {
             return Err(invalid(
                 "redis-url",
-                "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
+                "must start with redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://"
                     .into(),
             ));
         }

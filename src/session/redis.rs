@@ -38,9 +38,25 @@ struct Inner {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// A live connection: one node's, or the cluster's (which routes each key to its node).
+#[derive(Clone)]
+enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Connection {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, RedisError> {
+        match self {
+            Connection::Single(c) => cmd.query_async(c).await,
+            Connection::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Conn {
-    live: Option<MultiplexedConnection>,
+    live: Option<Connection>,
     /// Failed connect attempts since the last success.
     failures: u64,
 }
@@ -51,6 +67,38 @@ enum Target {
     Direct(Client),
     /// The primary of a Sentinel-monitored group, looked up on every (re)connect.
     Sentinel(Sentinel),
+    /// A Redis Cluster: the client learns the slots from any node and follows failovers.
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// `redis+cluster://[user:pass@]host:port[,host:port...]` (or `rediss+cluster://`): the seed
+/// nodes as `redis://` URLs with the credentials.
+fn cluster_client(url: &str) -> Result<redis::cluster::ClusterClient, RedisError> {
+    let (scheme, rest) = match url.split_once("+cluster://") {
+        Some(("redis", rest)) => ("redis://", rest),
+        Some(("rediss", rest)) => ("rediss://", rest),
+        _ => {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid cluster URL",
+                "must start with redis+cluster:// or rediss+cluster://".to_string(),
+            )));
+        }
+    };
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let nodes: Vec<String> = hosts
+        .trim_end_matches('/')
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}{auth}{h}"))
+        .collect();
+    redis::cluster::ClusterClient::builder(nodes)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .build()
 }
 
 /// `redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE[/DB]`.
@@ -190,6 +238,8 @@ impl RedisStore {
         let target =
             if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
                 Target::Sentinel(Sentinel::parse(url)?)
+            } else if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+                Target::Cluster(cluster_client(url)?)
             } else {
                 Target::Direct(Client::open(url)?)
             };
@@ -216,7 +266,7 @@ impl RedisStore {
     }
 
     /// The live connection, or the number of failed connect attempts so far.
-    fn cached(&self) -> Result<MultiplexedConnection, u64> {
+    fn cached(&self) -> Result<Connection, u64> {
         let c = self
             .inner
             .conn
@@ -225,7 +275,7 @@ impl RedisStore {
         c.live.clone().ok_or(c.failures)
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn connection(&self) -> Result<Connection, StoreError> {
         let seen = match self.cached() {
             Ok(conn) => return Ok(conn),
             Err(failures) => failures,
@@ -251,9 +301,14 @@ impl RedisStore {
                 client.get_multiplexed_async_connection_with_config(&config),
             )
             .await
-            .map(|r| r.map_err(|e| e.to_string())),
+            .map(|r| r.map(Connection::Single).map_err(|e| e.to_string())),
             // Each step of the lookup has its own timeout; a failover in progress answers fast.
-            Target::Sentinel(s) => Ok(s.primary(&config).await),
+            Target::Sentinel(s) => Ok(s.primary(&config).await.map(Connection::Single)),
+            Target::Cluster(client) => {
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map(|r| r.map(Connection::Cluster).map_err(|e| e.to_string()))
+            }
         };
         let mut c = self
             .inner
@@ -283,7 +338,7 @@ impl RedisStore {
     /// connection so the next request reconnects.
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let mut conn = self.connection().await?;
-        match cmd.query_async::<T>(&mut conn).await {
+        match conn.query::<T>(cmd).await {
             Ok(v) => Ok(v),
             Err(e) => Err(self.failed(e)),
         }
@@ -316,8 +371,10 @@ impl RedisStore {
         format!("{}{id}", self.inner.prefix)
     }
 
+    /// Every counter key carries the hash tag `{throttle}`, so the counters of one login, which
+    /// the reservation script takes together, live in one Redis Cluster slot.
     fn counter_key(&self, name: &str) -> String {
-        format!("{}throttle:{name}", self.inner.prefix)
+        format!("{}throttle:{{throttle}}:{name}", self.inner.prefix)
     }
 
     /// PING.

@@ -7,6 +7,7 @@ mod abuse;
 mod balance;
 mod cli;
 mod cluster;
+mod cluster_redis;
 mod operate;
 mod page;
 mod sentinel;
