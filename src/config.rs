@@ -156,6 +156,9 @@ pub struct Args {
     /// When started as root: group the workers run as [default: the user's group]
     #[arg(long, env = "CLUSTERD_GROUP", value_name = "GROUP")]
     pub group: Option<String>,
+    /// Durable logins: a new session must reach this many Redis replicas (WAIT, 300 ms) before the login answers, else 503; not with redis+cluster [default: 0]
+    #[arg(long, env = "CLUSTERD_REDIS_WAIT_REPLICAS", value_name = "N")]
+    pub redis_wait_replicas: Option<u32>,
     /// Unix socket of the master for `clusterd status|scale|reload` (mode 0600) [default: $RUNTIME_DIRECTORY/control.sock, else control.sock in the data dir]
     #[arg(long, env = "CLUSTERD_CONTROL_SOCKET", value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
@@ -202,6 +205,7 @@ fn parse_secs(s: &str) -> Result<u64, String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileArgs {
+    redis_wait_replicas: Option<u32>,
     control_socket: Option<PathBuf>,
     metrics_bind: Option<String>,
     worker_timeout: Option<u64>,
@@ -317,6 +321,8 @@ pub struct SessionConfig {
     pub max_lifetime: Duration,
     /// Users file; `None` means the demo user.
     pub users_file: Option<PathBuf>,
+    /// Replicas a new session must reach before a login answers (Redis `WAIT`); 0: none.
+    pub wait_replicas: u32,
 }
 
 /// Everything the binary needs, validated.
@@ -442,6 +448,27 @@ impl Config {
                     .into(),
             ));
         }
+        let wait_replicas = args
+            .redis_wait_replicas
+            .or(file.redis_wait_replicas)
+            .unwrap_or(0);
+        if wait_replicas > 0 {
+            match &redis_url {
+                None => {
+                    return Err(invalid(
+                        "redis-wait-replicas",
+                        "needs --redis-url (the embedded store has no replicas)".into(),
+                    ));
+                }
+                Some(u) if u.contains("+cluster://") => {
+                    return Err(invalid(
+                        "redis-wait-replicas",
+                        "is not supported with redis+cluster://".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         let data_dir = args
             .data_dir
             .clone()
@@ -524,6 +551,7 @@ impl Config {
                 idle_timeout: Duration::from_secs(idle),
                 max_lifetime: Duration::from_secs(max),
                 users_file: args.users.clone().or(file.users),
+                wait_replicas,
             },
             file: args.config.clone(),
         })

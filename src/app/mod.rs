@@ -99,9 +99,11 @@ impl DemoState {
     fn open_store(&self) -> Result<Store, BootError> {
         let s = &self.session;
         Ok(match &s.redis_url {
-            Some(url) => Store::Redis(RedisStore::new(url, &s.prefix, s.idle_timeout).map_err(
-                |e| BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url))),
-            )?),
+            Some(url) => Store::Redis(
+                RedisStore::new(url, &s.prefix, s.idle_timeout, s.wait_replicas).map_err(|e| {
+                    BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url)))
+                })?,
+            ),
             None => Store::Sqlite(SqliteStore::open(&s.data_dir, s.idle_timeout).map_err(|e| {
                 BootError::Config(format!(
                     "opening the embedded store in {}: {e}",

@@ -21,6 +21,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long a command may wait for its answer.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long a login waits for replicas to acknowledge its new session (under the response
+/// timeout, so the WAIT itself cannot time out).
+pub const WAIT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Sessions in Redis under `prefix + id`, failure counters under `prefix + "throttle:" + name`.
 #[derive(Clone)]
@@ -33,6 +36,8 @@ struct Inner {
     prefix: String,
     /// The idle timeout, renewed by every read.
     idle: Duration,
+    /// Replicas a new session must reach before the login answers (`--redis-wait-replicas`).
+    wait_replicas: u32,
     conn: Mutex<Conn>,
     /// Serialises connect attempts, so a burst of requests during an outage makes one attempt.
     connecting: tokio::sync::Mutex<()>,
@@ -68,7 +73,7 @@ enum Target {
     /// The primary of a Sentinel-monitored group, looked up on every (re)connect.
     Sentinel(Sentinel),
     /// A Redis Cluster: the client learns the slots from any node and follows failovers.
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// `redis+cluster://[user:pass@]host:port[,host:port...]` (or `rediss+cluster://`): the seed
@@ -234,12 +239,17 @@ impl Sentinel {
 impl RedisStore {
     /// Parses the URL; connects on first use. An unparsable URL is a configuration error.
     /// `idle` is the session idle timeout, which every read renews.
-    pub fn new(url: &str, prefix: &str, idle: Duration) -> Result<Self, RedisError> {
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        idle: Duration,
+        wait_replicas: u32,
+    ) -> Result<Self, RedisError> {
         let target =
             if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
                 Target::Sentinel(Sentinel::parse(url)?)
             } else if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
-                Target::Cluster(cluster_client(url)?)
+                Target::Cluster(Box::new(cluster_client(url)?))
             } else {
                 Target::Direct(Client::open(url)?)
             };
@@ -248,6 +258,7 @@ impl RedisStore {
                 target,
                 prefix: prefix.to_string(),
                 idle,
+                wait_replicas,
                 conn: Mutex::new(Conn::default()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
@@ -406,6 +417,29 @@ impl RedisStore {
                     .arg(ttl.as_secs()),
             )
             .await?;
+        let n = self.inner.wait_replicas;
+        if reply.is_some() && n > 0 {
+            // WAIT on the same connection: the session is on `n` replicas, or the login fails
+            // (503) rather than answer for a session a failover could lose.
+            let acked: i64 = self
+                .query(
+                    redis::cmd("WAIT")
+                        .arg(n)
+                        .arg(WAIT_TIMEOUT.as_millis() as u64),
+                )
+                .await?;
+            if acked < i64::from(n) {
+                tracing::warn!(
+                    acked,
+                    wanted = n,
+                    "a new session did not reach enough replicas in time; the login answers 503"
+                );
+                let _ = self.delete(id).await;
+                return Err(StoreError::Unavailable(format!(
+                    "the new session reached {acked} of {n} replicas within {WAIT_TIMEOUT:?} (--redis-wait-replicas)"
+                )));
+            }
+        }
         Ok(reply.is_some())
     }
 

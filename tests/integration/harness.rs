@@ -609,7 +609,14 @@ impl Clusterd {
             body.as_bytes(),
         )
         .unwrap();
-        assert_eq!(r.status, 200, "login failed: {} {}", r.status, r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "login failed: {} {}\n{}",
+            r.status,
+            r.text(),
+            self.log_text()
+        );
         r.cookie().expect("login sets a cookie")
     }
 }

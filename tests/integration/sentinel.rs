@@ -82,6 +82,8 @@ fn a_failover_behind_sentinel_logs_nobody_out() {
         .map(|s| format!("127.0.0.1:{}", s.port))
         .collect();
     let url = format!("redis+sentinel://{}/svc/0", hosts.join(","));
+    // Not --redis-wait-replicas: after the failover the new primary has no replica left, and
+    // durable logins would (rightly) be refused; `durable_logins_wait_for_a_replica` covers it.
     let c = Clusterd::start(Opts::default().workers(2).arg("--redis-url").arg(url));
 
     let cookies: Vec<String> = (0..20).map(|_| c.login("alice", "wonderland")).collect();
@@ -146,5 +148,56 @@ fn a_failover_behind_sentinel_logs_nobody_out() {
     assert!(
         role.starts_with("master"),
         "the replica was promoted: {role}"
+    );
+}
+
+#[test]
+fn durable_logins_wait_for_a_replica() {
+    let primary = Redis::start();
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(1)
+            .redis(&primary)
+            .arg("--redis-wait-replicas")
+            .arg("1"),
+    );
+    let body = br#"{"username":"alice","password":"wonderland"}"#;
+    let json = [("content-type", "application/json")];
+    // No replica: the login is refused rather than answered for a session a failover could lose.
+    let r = request(c.addr, "POST", "/login", &json, body).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        redis_cli(primary.port, &["KEYS", "clusterd:session:*"]).trim(),
+        "",
+        "the unreplicated session was deleted"
+    );
+    let replica_of = primary.port.to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
+    // In sync as the primary sees it (the replica is counted by WAIT once it is online).
+    eventually(Duration::from_secs(10), "the replica online", || {
+        redis_cli(primary.port, &["INFO", "replication"])
+            .contains("state=online")
+            .then_some(())
+    });
+    // The WAIT is bounded (300 ms): on a loaded machine one attempt may miss it, and answers
+    // 503 as it should; the login succeeds once the replica acknowledges in time.
+    let r = eventually(Duration::from_secs(10), "a durable login", || {
+        request(c.addr, "POST", "/login", &json, body)
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    let cookie = r.cookie().unwrap();
+    let id_keys = redis_cli(replica.port, &["KEYS", "clusterd:session:*"]);
+    assert_eq!(
+        id_keys.lines().count(),
+        1,
+        "the session is on the replica: {id_keys}"
+    );
+    assert_eq!(
+        request(c.addr, "GET", "/me", &[("cookie", &cookie)], b"")
+            .unwrap()
+            .status,
+        200
     );
 }
