@@ -253,7 +253,8 @@ impl RedisStore {
             } else {
                 Target::Direct(Client::open(url)?)
             };
-        Ok(RedisStore {
+        let watch = matches!(target, Target::Sentinel(_));
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 target,
                 prefix: prefix.to_string(),
@@ -262,7 +263,53 @@ impl RedisStore {
                 conn: Mutex::new(Conn::default()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
-        })
+        };
+        if watch && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(store.clone().watch_switch_master());
+        }
+        Ok(store)
+    }
+
+    /// Sentinel only: listens on the sentinels' `+switch-master` channel and drops the
+    /// connection the moment the service's primary changes, so requests move to the new
+    /// primary even while the old one still answers (a failover by hand, a partition). Connection
+    /// errors and `READONLY` replies catch the rest. Runs for as long as the store lives.
+    async fn watch_switch_master(self) {
+        let Target::Sentinel(s) = &self.inner.target else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let sentinels: Vec<Client> = s.sentinels.clone();
+        let service = s.service.clone();
+        drop(self);
+        loop {
+            for sentinel in &sentinels {
+                let Ok(Ok(mut pubsub)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, sentinel.get_async_pubsub()).await
+                else {
+                    continue;
+                };
+                if pubsub.subscribe("+switch-master").await.is_err() {
+                    continue;
+                }
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = futures_util::StreamExt::next(&mut messages).await {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let text: String = msg.get_payload().unwrap_or_default();
+                    // "<name> <old-ip> <old-port> <new-ip> <new-port>"
+                    if text.split_whitespace().next() == Some(service.as_str()) {
+                        let mut c = inner.conn.lock().expect("redis connection lock poisoned");
+                        if c.live.take().is_some() {
+                            tracing::info!(switch = %text, "sentinel: the primary changed; reconnecting to the new one");
+                        }
+                    }
+                }
+            }
+            if weak.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// The URL without its password, for logs.

@@ -45,7 +45,7 @@ fn sessions_spread_over_a_redis_cluster_and_survive_a_primary_failover() {
         .filter(|i| redis_cli(nodes[*i].port, &["ROLE"]).starts_with("master"))
         .collect();
     assert_eq!(primaries.len(), 3);
-    eventually(Duration::from_secs(20), "every replica in sync", || {
+    eventually(Duration::from_secs(45), "every replica in sync", || {
         (0..6)
             .filter(|i| !primaries.contains(i))
             .all(|i| {

@@ -56,9 +56,10 @@ impl Drop for SentinelProcess {
     }
 }
 
-#[test]
-fn a_failover_behind_sentinel_logs_nobody_out() {
-    let mut primary = Redis::start();
+/// A primary, its replica in sync, three sentinels that know both and each other, and the
+/// `redis+sentinel://` URL of the group.
+fn group() -> (Redis, Redis, Vec<SentinelProcess>, String) {
+    let primary = Redis::start();
     let replica_of = primary.port.to_string();
     let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &replica_of]);
     eventually(Duration::from_secs(10), "the replica in sync", || {
@@ -82,6 +83,57 @@ fn a_failover_behind_sentinel_logs_nobody_out() {
         .map(|s| format!("127.0.0.1:{}", s.port))
         .collect();
     let url = format!("redis+sentinel://{}/svc/0", hosts.join(","));
+    (primary, replica, sentinels, url)
+}
+
+#[test]
+fn a_failover_by_hand_moves_writes_to_the_new_primary_at_once() {
+    let (primary, replica, sentinels, url) = group();
+    let c = Clusterd::start(Opts::default().workers(1).arg("--redis-url").arg(url));
+    let before = c.login("alice", "wonderland");
+    redis_cli(primary.port, &["WAIT", "1", "2000"]);
+    // The old primary stays up and becomes a replica: only +switch-master (or a READONLY
+    // reply) tells clusterd to move.
+    redis_cli(sentinels[0].port, &["SENTINEL", "FAILOVER", "svc"]);
+    eventually(Duration::from_secs(15), "the replica promoted", || {
+        redis_cli(replica.port, &["ROLE"])
+            .starts_with("master")
+            .then_some(())
+    });
+    c.wait_log(Duration::from_secs(15), "sentinel: the primary changed");
+    let after = eventually(
+        Duration::from_secs(10),
+        "a login on the new primary",
+        || {
+            request(
+                c.addr,
+                "POST",
+                "/login",
+                &[("content-type", "application/json")],
+                br#"{"username":"alice","password":"wonderland"}"#,
+            )
+            .ok()
+            .filter(|r| r.status == 200)
+        },
+    );
+    assert!(after.cookie().is_some());
+    let on_new = redis_cli(replica.port, &["KEYS", "clusterd:session:*"]);
+    assert_eq!(
+        on_new.lines().count(),
+        2,
+        "both sessions on the new primary: {on_new}"
+    );
+    assert_eq!(
+        request(c.addr, "GET", "/me", &[("cookie", &before)], b"")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn a_failover_behind_sentinel_logs_nobody_out() {
+    let (mut primary, replica, _sentinels, url) = group();
     // Not --redis-wait-replicas: after the failover the new primary has no replica left, and
     // durable logins would (rightly) be refused; `durable_logins_wait_for_a_replica` covers it.
     let c = Clusterd::start(Opts::default().workers(2).arg("--redis-url").arg(url));
