@@ -37,7 +37,7 @@ fn sessions_spread_over_a_redis_cluster_and_survive_a_primary_failover() {
     );
     let ok = |n: &Redis| redis_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok");
     eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(45),
         "the cluster ok on every node",
         || nodes.iter().all(ok).then_some(()),
     );
@@ -72,7 +72,7 @@ fn sessions_spread_over_a_redis_cluster_and_survive_a_primary_failover() {
     let killed = std::time::Instant::now();
     nodes[victim].stop();
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(45),
         "every session answering 200 again",
         || {
             cookies
