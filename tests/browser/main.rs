@@ -128,6 +128,17 @@ async fn text(client: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Clicks the element with this id.
+async fn click(client: &Client, id: &str) {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Types a user name and password into the page's login form.
 async fn fill_login(client: &Client, user: &str, password: &str) {
     let form = client
@@ -162,12 +173,7 @@ fn sign_in_through_the_form_stay_signed_in_on_reload_and_log_out() {
         b.goto(&url).await.unwrap();
         fill_login(&b, "alice", "wonderland").await;
         screenshot(&b, "page-login.png").await;
-        b.find(Locator::Id("login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, "login").await;
 
         assert_eq!(text(&b, "#user").await, "alice");
         let pid: i32 = text(&b, "#pid").await.parse().unwrap();
@@ -196,12 +202,7 @@ fn sign_in_through_the_form_stay_signed_in_on_reload_and_log_out() {
         }
         assert!(pids.iter().all(|p| c.workers().contains(p)), "{pids:?}");
 
-        b.find(Locator::Id("logout"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, "logout").await;
         b.wait()
             .at_most(Duration::from_secs(10))
             .for_element(Locator::Css("input[name='username']"))
@@ -215,12 +216,7 @@ fn sign_in_through_the_form_stay_signed_in_on_reload_and_log_out() {
         // A wrong password: the form again with the reason, under 401, which is the one
         // console entry Chromium makes of it (a page loaded with an error status).
         fill_login(&b, "alice", "nope").await;
-        b.find(Locator::Id("login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&b, "login").await;
         assert!(
             text(&b, "#error")
                 .await
