@@ -6,6 +6,7 @@
 #[path = "../integration/harness.rs"]
 mod harness;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -33,7 +34,10 @@ impl Driver {
         }
         let dir = TempDir::new("chromedriver");
         let port = free_port();
+        // Its own process group, so Drop stops the browsers it starts with it, also when a
+        // test fails before it closed its session.
         let child = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.path().join("driver.log")).unwrap())
@@ -103,7 +107,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The group by its id (chromedriver's pid): chromedriver and its Chromium processes.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.child.wait();
     }
 }
