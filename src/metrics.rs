@@ -77,7 +77,7 @@ pub fn status(board: Board) -> serde_json::Value {
                 "uptime_s": now.saturating_sub(load(&r.started_ms)) / 1000,
                 "connections": r.connections.load(Ordering::Relaxed),
                 "requests": load(&r.requests),
-                "rss_bytes": rss_bytes(pid),
+                "rss_bytes": crate::process::rss_bytes(pid),
                 "heartbeat_age_ms": r.heartbeat_age_ms(now),
                 "store": match load(&r.store) { 1 => "up", 2 => "down", _ => "-" },
             })
@@ -91,13 +91,6 @@ pub fn status(board: Board) -> serde_json::Value {
         "reloading": load(&board.header.reloading) == 1,
         "workers": workers,
     })
-}
-
-/// A process's resident memory, from /proc (the workers run as one user, so they see each other).
-fn rss_bytes(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 /// `/` on `--metrics-bind`: the operator's dashboard, a table refreshed every second.

@@ -167,6 +167,17 @@ pub fn reap() -> Vec<(Pid, Death)> {
     out
 }
 
+/// A process's resident memory in bytes, from /proc/PID/statm. Used by the master (status,
+/// `--max-worker-memory`) and by workers rendering the dashboard (they run as one user, so
+/// they can read each other's).
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(pages * page)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1223,7 +1223,7 @@ impl<A: WorkerApp> Master<A> {
             .filter(|w| w.retiring.is_none())
         {
             if sample_memory {
-                w.rss = rss_bytes(w.pid).unwrap_or(0);
+                w.rss = process::rss_bytes(w.pid.as_raw()).unwrap_or(0);
                 if limit > 0 && w.rss > limit {
                     w.over_memory += 1;
                 } else {
@@ -1339,7 +1339,7 @@ impl<A: WorkerApp> Master<A> {
                     "restarts": self.slot_restarts.get(w.slot).copied().unwrap_or(0),
                     "connections": r.map(|r| r.connections.load(Relaxed)),
                     "requests": r.map(|r| r.requests.load(Relaxed)),
-                    "rss_bytes": rss_bytes(w.pid),
+                    "rss_bytes": process::rss_bytes(w.pid.as_raw()),
                     "heartbeat_age_ms": r.and_then(|r| r.heartbeat_age_ms(now_ms)),
                     "store": w.healthy.map(|h| if h { "up" } else { "down" }),
                 })
@@ -1394,15 +1394,6 @@ impl<A: WorkerApp> Master<A> {
             self.notifier.status(&line);
         }
     }
-}
-
-/// A process's resident memory, from /proc/PID/statm.
-fn rss_bytes(pid: Pid) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) }.max(4096) as u64;
-    Some(pages * page)
 }
 
 /// A process's state letter (R, S, T, ...), from /proc/PID/stat.
