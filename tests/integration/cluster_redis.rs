@@ -9,9 +9,7 @@ use crate::harness::*;
 fn sessions_spread_over_a_redis_cluster_and_survive_a_primary_failover() {
     let mut nodes: Vec<Redis> = (0..6)
         .map(|_| {
-            Redis::start_with(&[
-                "--cluster-enabled",
-                "yes",
+            Redis::start_cluster_node(&[
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",

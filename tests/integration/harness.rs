@@ -42,6 +42,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port on 127.0.0.1 for a Redis Cluster node, whose cluster bus listens 10000 above it:
+/// the port must be at most 55535 (the kernel hands out ephemeral ports up to 60999, and
+/// redis-server refuses a bus port past 65535) and the bus port must be free too.
+pub fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let p = free_port();
+        if p <= 55535 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair (p, p + 10000) on 127.0.0.1 for a cluster node");
+}
+
 /// A temporary directory removed on Drop.
 pub struct TempDir(pub PathBuf);
 
@@ -220,8 +233,19 @@ impl Redis {
 
     /// Starts with extra directives, one word per argument: `["--user", "app", "on", ">pw"]`.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// A Redis Cluster node (cluster mode on, with its bus port 10000 above a free port).
+    pub fn start_cluster_node(extra: &[&str]) -> Self {
+        let mut args = vec!["--cluster-enabled", "yes"];
+        args.extend_from_slice(extra);
+        Self::start_on(free_cluster_port(), &args)
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> Self {
         let mut r = Redis {
-            port: free_port(),
+            port,
             child: None,
             dir: TempDir::new("redis"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -250,6 +274,8 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -258,11 +284,29 @@ impl Redis {
             .expect("starting redis-server");
         self.child = Some(child);
         let port = self.port;
-        eventually(
-            Duration::from_secs(10),
-            "redis-server answering PING",
-            || (redis_cli(port, &["PING"]).trim() == "PONG").then_some(()),
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis_cli(port, &["PING"]).trim() != "PONG" {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= deadline {
+                panic!(
+                    "redis-server on port {port} {} PING; its log:\n{}",
+                    match exited {
+                        Some(status) => format!("exited ({status}) before answering"),
+                        None => "did not answer within 10 s".to_string(),
+                    },
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where redis-server writes its log (read into a failed start's message).
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
     }
 
     /// Stops it (SIGKILL by PID: an outage, not a shutdown).
