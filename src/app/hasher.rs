@@ -5,8 +5,9 @@
 //! cost in the hash). Run on actix's blocking pool, 300 parallel logins started up to 512
 //! threads per worker and took 3.4 GiB. Here each worker has `threads` hashing threads, so the
 //! memory is bounded by threads × workers × 19 MiB, and at most `queue` logins wait; the next one
-//! is answered 503 with Retry-After at once. The threads run at the lowest priority (nice 19,
-//! SCHED_BATCH), so when logins and signed-in traffic compete for CPU the signed-in requests win.
+//! is answered 503 with Retry-After at once. The threads run at `SCHED_IDLE`, so when logins and
+//! signed-in traffic compete for CPU the signed-in requests win (see [`lower_priority`]). A job
+//! whose login has gone (the client hung up) is dropped unverified.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,11 @@ impl Place {
     ) -> Result<T, Busy> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
+            // The login's request was dropped while it queued (its client hung up): nobody
+            // waits for this answer, so the verification would be CPU spent on nothing.
+            if tx.is_closed() {
+                return;
+            }
             let _ = tx.send(f());
         });
         match self.jobs.try_send(job) {
@@ -106,25 +112,33 @@ fn run(rx: Arc<Mutex<Receiver<Job>>>) {
     }
 }
 
-/// Nice 19 and SCHED_BATCH for the calling thread (Linux applies both per thread). Failure only
-/// costs latency, so it is logged, not fatal.
+/// `SCHED_IDLE` for the calling thread (Linux applies it per thread), and nice 19 should that be
+/// refused. Failure only costs latency, so it is logged, not fatal.
+///
+/// Why not nice 19 + `SCHED_BATCH`, as before: niceness only weighs threads against others in
+/// the same scheduling group, and with autogroup (a group per session) or a systemd service's
+/// cgroup the load generator, the clients and clusterd are in different groups. Recorded with
+/// `perf sched` during a login storm, a nice-19 hashing thread then held one of the 2 cores
+/// for 70 ms on end while both server threads and the client shared the other. A CPU that runs
+/// only `SCHED_IDLE` threads counts as idle when the kernel places a waking thread, so a server
+/// thread that wakes is put there and runs at once. Hashing still gets every spare cycle.
 fn lower_priority() {
     // SAFETY: plain system calls on the calling thread, with a parameter struct that outlives
     // the call.
     unsafe {
         let param = nix::libc::sched_param { sched_priority: 0 };
-        if nix::libc::sched_setscheduler(0, nix::libc::SCHED_BATCH, &param) != 0 {
+        if nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param) != 0 {
             tracing::debug!(
                 error = %std::io::Error::last_os_error(),
-                "SCHED_BATCH for the hashing thread"
+                "SCHED_IDLE for the hashing thread"
             );
-        }
-        // With PRIO_PROCESS and 0, Linux changes the calling thread only.
-        if nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "nice 19 for the hashing thread"
-            );
+            // With PRIO_PROCESS and 0, Linux changes the calling thread only.
+            if nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) != 0 {
+                tracing::debug!(
+                    error = %std::io::Error::last_os_error(),
+                    "nice 19 for the hashing thread"
+                );
+            }
         }
     }
 }
@@ -173,6 +187,60 @@ mod tests {
             assert_eq!(first.await.unwrap(), Ok(1));
             assert_eq!(second.await.unwrap(), Ok(2));
             assert_eq!(h.run(|| 4).await, Ok(4), "free again");
+        });
+    }
+
+    #[test]
+    fn hashing_threads_run_at_sched_idle() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let h = Hasher::new(1, 0).unwrap();
+        // SAFETY: a query about the calling (hashing) thread.
+        let policy = rt.block_on(h.run(|| unsafe { nix::libc::sched_getscheduler(0) }));
+        assert_eq!(policy, Ok(nix::libc::SCHED_IDLE));
+    }
+
+    #[test]
+    fn a_job_whose_caller_has_gone_is_not_run() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let h = Hasher::new(1, 1).unwrap();
+            let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+            let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+            let first = tokio::spawn({
+                let h = h.clone();
+                async move {
+                    h.run(move || {
+                        started_tx.send(()).unwrap();
+                        hold_rx.recv().unwrap();
+                    })
+                    .await
+                }
+            });
+            while started_rx.try_recv().is_err() {
+                tokio::task::yield_now().await;
+            }
+            // Queued behind the first, then given up (as when a client hangs up).
+            let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let queued = tokio::spawn({
+                let (h, ran) = (h.clone(), Arc::clone(&ran));
+                async move {
+                    h.run(move || ran.store(true, std::sync::atomic::Ordering::SeqCst))
+                        .await
+                }
+            });
+            tokio::task::yield_now().await;
+            queued.abort();
+            assert!(queued.await.unwrap_err().is_cancelled());
+            hold_tx.send(()).unwrap();
+            first.await.unwrap().unwrap();
+            // The thread has passed the dropped job once it runs the next one.
+            assert_eq!(h.run(|| 5).await, Ok(5));
+            assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
         });
     }
 }
