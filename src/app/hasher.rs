@@ -145,34 +145,50 @@ fn lower_priority() {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Gives `h`'s one thread a job that blocks until the returned sender is used, and waits
+    /// until the thread runs it.
+    async fn occupy(
+        h: &Hasher,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), Busy>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let job = tokio::spawn({
+            let h = h.clone();
+            async move {
+                h.run(move || {
+                    started_tx.send(()).unwrap();
+                    hold_rx.recv().unwrap();
+                })
+                .await
+            }
+        });
+        // Let the task submit its job, until the thread runs it.
+        while started_rx.try_recv().is_err() {
+            tokio::task::yield_now().await;
+        }
+        (job, hold_tx)
+    }
 
     #[test]
     fn a_full_queue_answers_busy_at_once() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        runtime().block_on(async {
             let h = Hasher::new(1, 1).unwrap();
-            let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-            let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-            // The thread takes the first job and blocks in it; the second fills the queue.
-            let first = tokio::spawn({
-                let h = h.clone();
-                async move {
-                    h.run(move || {
-                        started_tx.send(()).unwrap();
-                        hold_rx.recv().unwrap();
-                        1
-                    })
-                    .await
-                }
-            });
-            // Let the task submit its job, until the thread runs it.
-            while started_rx.try_recv().is_err() {
-                tokio::task::yield_now().await;
-            }
+            // The thread blocks in the first job; the second fills the queue.
+            let (first, release) = occupy(&h).await;
             let second = tokio::spawn({
                 let h = h.clone();
                 async move { h.run(|| 2).await }
@@ -183,8 +199,8 @@ mod tests {
                 Err(Busy),
                 "third: thread busy, queue full"
             );
-            hold_tx.send(()).unwrap();
-            assert_eq!(first.await.unwrap(), Ok(1));
+            release.send(()).unwrap();
+            assert_eq!(first.await.unwrap(), Ok(()));
             assert_eq!(second.await.unwrap(), Ok(2));
             assert_eq!(h.run(|| 4).await, Ok(4), "free again");
         });
@@ -192,55 +208,31 @@ mod tests {
 
     #[test]
     fn hashing_threads_run_at_sched_idle() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
         let h = Hasher::new(1, 0).unwrap();
         // SAFETY: a query about the calling (hashing) thread.
-        let policy = rt.block_on(h.run(|| unsafe { nix::libc::sched_getscheduler(0) }));
+        let policy = runtime().block_on(h.run(|| unsafe { nix::libc::sched_getscheduler(0) }));
         assert_eq!(policy, Ok(nix::libc::SCHED_IDLE));
     }
 
     #[test]
     fn a_job_whose_caller_has_gone_is_not_run() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        runtime().block_on(async {
             let h = Hasher::new(1, 1).unwrap();
-            let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-            let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-            let first = tokio::spawn({
-                let h = h.clone();
-                async move {
-                    h.run(move || {
-                        started_tx.send(()).unwrap();
-                        hold_rx.recv().unwrap();
-                    })
-                    .await
-                }
-            });
-            while started_rx.try_recv().is_err() {
-                tokio::task::yield_now().await;
-            }
+            let (first, release) = occupy(&h).await;
             // Queued behind the first, then given up (as when a client hangs up).
-            let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ran = Arc::new(AtomicBool::new(false));
             let queued = tokio::spawn({
                 let (h, ran) = (h.clone(), Arc::clone(&ran));
-                async move {
-                    h.run(move || ran.store(true, std::sync::atomic::Ordering::SeqCst))
-                        .await
-                }
+                async move { h.run(move || ran.store(true, Ordering::SeqCst)).await }
             });
             tokio::task::yield_now().await;
             queued.abort();
             assert!(queued.await.unwrap_err().is_cancelled());
-            hold_tx.send(()).unwrap();
+            release.send(()).unwrap();
             first.await.unwrap().unwrap();
             // The thread has passed the dropped job once it runs the next one.
             assert_eq!(h.run(|| 5).await, Ok(5));
-            assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+            assert!(!ran.load(Ordering::SeqCst));
         });
     }
 }
