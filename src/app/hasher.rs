@@ -5,9 +5,9 @@
 //! cost in the hash). Run on actix's blocking pool, 300 parallel logins started up to 512
 //! threads per worker and took 3.4 GiB. Here each worker has `threads` hashing threads, so the
 //! memory is bounded by threads × workers × 19 MiB, and at most `queue` logins wait; the next one
-//! is answered 503 with Retry-After at once. The threads run at the lowest priority (nice 19,
-//! SCHED_BATCH), so when logins and signed-in traffic compete for CPU the signed-in requests win
-//! (see [`lower_priority`]). A job whose login has gone (the client hung up) is dropped
+//! is answered 503 with Retry-After at once. The threads run at a low priority (nice 10,
+//! SCHED_BATCH), so when logins and signed-in traffic compete for CPU the signed-in requests win,
+//! and logins still get a share (see [`NICE`]). A job whose login has gone (the client hung up) is dropped
 //! unverified.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -113,16 +113,20 @@ fn run(rx: Arc<Mutex<Receiver<Job>>>) {
     }
 }
 
-/// Nice 19 and SCHED_BATCH for the calling thread (Linux applies both per thread). Failure only
-/// costs latency, so it is logged, not fatal.
+/// The hashing threads' niceness. A nice-10 thread weighs 110 against a server thread's 1024:
+/// measured on 2 cores under a `/me` load that kept both busy, a login took about 1 s (at nice
+/// 19, weight 15: 6 - 8 s), and `/me` p99 during the 300-login storms stayed the same within
+/// the runs' spread (4.0 - 7.5 ms against 4.4 - 8.6 ms).
+pub const NICE: i32 = 10;
+
+/// SCHED_BATCH and nice [`NICE`] for the calling thread (Linux applies both per thread). Failure
+/// only costs latency, so it is logged, not fatal.
 ///
 /// Not `SCHED_IDLE`, though a CPU running only such threads counts as idle when the kernel
 /// places a waking server thread: measured on 2 cores, it gained little for signed-in requests
-/// during a login storm (worst `/me` p99 5.9 ms against 7.9 ms in four storms each) and starved
-/// the logins themselves. Under a `/me` load from 8 connections, a login took 0.06 - 1.2 s
-/// instead of 0.04 - 0.48 s; from 64 connections one waited the whole 11 s of the load,
-/// instead of 5 - 6 s. Nice 19 still gives the hashing threads a share (weight 15 against a
-/// server thread's 1024), so logins go on under load, slowly.
+/// during a login storm (worst `/me` p99 5.9 ms against 7.9 ms in eight storms each) and starved
+/// the logins themselves: under a `/me` load that kept both cores busy a login waited the
+/// whole 9 - 11 s of the load.
 fn lower_priority() {
     // SAFETY: plain system calls on the calling thread, with a parameter struct that outlives
     // the call.
@@ -135,10 +139,10 @@ fn lower_priority() {
             );
         }
         // With PRIO_PROCESS and 0, Linux changes the calling thread only.
-        if nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) != 0 {
+        if nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, NICE) != 0 {
             tracing::debug!(
                 error = %std::io::Error::last_os_error(),
-                "nice 19 for the hashing thread"
+                "nice {NICE} for the hashing thread"
             );
         }
     }
@@ -208,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn hashing_threads_run_at_nice_19_and_sched_batch() {
+    fn hashing_threads_run_at_sched_batch_and_their_niceness() {
         let h = Hasher::new(1, 0).unwrap();
         // SAFETY: queries about the calling (hashing) thread.
         let got = runtime().block_on(h.run(|| unsafe {
@@ -217,7 +221,7 @@ mod tests {
                 nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0),
             )
         }));
-        assert_eq!(got, Ok((nix::libc::SCHED_BATCH, 19)));
+        assert_eq!(got, Ok((nix::libc::SCHED_BATCH, NICE)));
     }
 
     #[test]
