@@ -117,8 +117,8 @@ fn run(rx: Arc<Mutex<Receiver<Job>>>) {
 /// server thread's 1024, so logins pay for signed-in traffic's latency: measured on 2 cores
 /// under a `/me` load that kept both busy (`bench/login-under-load.sh`), a login took 6 - 8 s.
 /// Nice 10 (weight 110) brought that to about 1 s, but `/me` p99 during the 300-login storms
-/// then reached 8.6, 9.8 and 13.8 ms in 8 storms with Redis, against at most 4.6 ms at nice 19
-/// in 8 interleaved ones; the storm figure is the one the service promises.
+/// then reached 8.6, 9.8 and 13.8 ms in 16 storms with Redis, against at most 5.4 ms at nice 19
+/// in 16; the storm figure is the one the service promises.
 pub const NICE: i32 = 19;
 
 /// SCHED_BATCH and nice [`NICE`] for the calling thread (Linux applies both per thread). Failure
