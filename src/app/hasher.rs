@@ -126,9 +126,9 @@ pub const NICE: i32 = 19;
 ///
 /// Not `SCHED_IDLE`, though a CPU running only such threads counts as idle when the kernel
 /// places a waking server thread: measured on 2 cores, it gained little for signed-in requests
-/// during a login storm (worst `/me` p99 5.9 ms against 7.9 ms in eight storms each) and starved
-/// the logins themselves: under a `/me` load that kept both cores busy a login waited the
-/// whole 9 - 11 s of the load.
+/// during login storms (worst `/me` p99 5.9 against 7.9 ms in eight alice storms each, 4.7
+/// against 6.4 ms in eight 300-name storms) and starved the logins themselves: under a `/me`
+/// load that kept both cores busy a login waited the whole 9 - 11 s of the load.
 fn lower_priority() {
     // SAFETY: plain system calls on the calling thread, with a parameter struct that outlives
     // the call.
