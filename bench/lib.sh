@@ -39,6 +39,16 @@ start() {
     GROUPS_STARTED+=("$STARTED_PID")
 }
 
+# start_redis: a redis-server without persistence on a free loopback port, answering PING
+# when this returns; sets R to its port.
+start_redis() {
+    R=$(free_port)
+    start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
+    for _ in $(seq 100); do redis-cli -p "$R" ping >/dev/null 2>&1 && return 0; sleep 0.05; done
+    echo "redis-server on port $R did not answer PING (log: $WORK/redis.log)" >&2
+    exit 1
+}
+
 wait_http() {
     for _ in $(seq 200); do
         curl -fs -o /dev/null "$1" && return 0

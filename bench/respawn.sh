@@ -14,9 +14,8 @@ wait_http "http://127.0.0.1:$P/healthz"
 echo -n "clusterd: "
 "$ROOT/target/release/examples/bench_respawn" "$STARTED_PID" "127.0.0.1:$P" "${SAMPLES:-20}"
 
-R=$(free_port); N=$(free_port)
-start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
-for _ in $(seq 100); do redis-cli -p "$R" ping >/dev/null 2>&1 && break; sleep 0.05; done
+N=$(free_port)
+start_redis
 start node env WORKERS=1 PORT="$N" REDIS_URL="redis://127.0.0.1:$R" node "$ROOT/bench/peers/node/server.js"
 wait_http "http://127.0.0.1:$N/healthz"
 echo -n "node cluster: "

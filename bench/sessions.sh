@@ -9,9 +9,8 @@ need wrk curl redis-server node npm
 build
 (cd "$ROOT/bench/peers/node" && [ -d node_modules ] || npm ci --no-audit --no-fund --silent)
 
-R=$(free_port); P1=$(free_port); P2=$(free_port); P3=$(free_port)
-start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
-for _ in $(seq 100); do redis-cli -p "$R" ping >/dev/null 2>&1 && break; sleep 0.05; done
+P1=$(free_port); P2=$(free_port); P3=$(free_port)
+start_redis
 start clusterd-redis "$BIN" --bind "127.0.0.1:$P1" --redis-url "redis://127.0.0.1:$R" --data-dir "$WORK/d1"
 start clusterd-sqlite "$BIN" --bind "127.0.0.1:$P2" --data-dir "$WORK/d2"
 start node env PORT="$P3" REDIS_URL="redis://127.0.0.1:$R" node "$ROOT/bench/peers/node/server.js"

@@ -98,9 +98,7 @@ done
 
 if command -v node >/dev/null && command -v redis-server >/dev/null && [ -d "$ROOT/bench/peers/node/node_modules" ]; then
     # The peer keeps sessions in Redis and connects before it listens (/healthz needs none).
-    R=$(free_port)
-    start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
-    for _ in $(seq 100); do redis-cli -p "$R" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    start_redis
     for n in 4; do
         for t in $(seq "$TRIALS"); do
             port=$(free_port)

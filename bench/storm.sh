@@ -26,9 +26,7 @@ port=$(free_port)
 args=(--bind "127.0.0.1:$port" --data-dir "$WORK/data")
 if [ "$STORE" = redis ]; then
     need redis-server
-    R=$(free_port)
-    start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
-    for _ in $(seq 100); do redis-cli -p "$R" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    start_redis
     args+=(--redis-url "redis://127.0.0.1:$R")
 fi
 start storm "$BIN" "${args[@]}"
