@@ -49,6 +49,21 @@ start_redis() {
     exit 1
 }
 
+# start_clusterd NAME [ARG...]: clusterd on a free port (set in `port`) with its data in
+# $WORK/data, on a Redis of its own when STORE=redis, else on the embedded store; STARTED_PID is
+# the master.
+start_clusterd() {
+    local name=$1; shift
+    port=$(free_port)
+    local args=(--bind "127.0.0.1:$port" --data-dir "$WORK/data")
+    if [ "${STORE:-sqlite}" = redis ]; then
+        need redis-server
+        start_redis
+        args+=(--redis-url "redis://127.0.0.1:$R")
+    fi
+    start "$name" "$BIN" "${args[@]}" "$@"
+}
+
 wait_http() {
     for _ in $(seq 200); do
         curl -fs -o /dev/null "$1" && return 0

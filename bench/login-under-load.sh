@@ -10,14 +10,7 @@ need wrk curl
 build
 LOGINS=${LOGINS:-10}
 STORE=${STORE:-sqlite}
-port=$(free_port)
-args=(--bind "127.0.0.1:$port" --data-dir "$WORK/data")
-if [ "$STORE" = redis ]; then
-    need redis-server
-    start_redis
-    args+=(--redis-url "redis://127.0.0.1:$R")
-fi
-start server "$BIN" "${args[@]}"
+start_clusterd server
 wait_http "http://127.0.0.1:$port/healthz"
 cookie=$(login_cookie "$port")
 echo "machine: $(machine)"

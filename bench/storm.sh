@@ -22,14 +22,7 @@ LOGINS=${LOGINS:-300}
 WINDOW=${WINDOW:-3}
 STORE=${STORE:-sqlite}
 GENERATOR=${GENERATOR:-one-thread}
-port=$(free_port)
-args=(--bind "127.0.0.1:$port" --data-dir "$WORK/data")
-if [ "$STORE" = redis ]; then
-    need redis-server
-    start_redis
-    args+=(--redis-url "redis://127.0.0.1:$R")
-fi
-start storm "$BIN" "${args[@]}"
+start_clusterd storm
 master=$STARTED_PID
 wait_http "http://127.0.0.1:$port/healthz"
 cookie=$(login_cookie "$port")
