@@ -42,6 +42,7 @@ start() {
 # start_redis: a redis-server without persistence on a free loopback port, answering PING
 # when this returns; sets R to its port.
 start_redis() {
+    need redis-server redis-cli
     R=$(free_port)
     start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
     for _ in $(seq 100); do redis-cli -p "$R" ping >/dev/null 2>&1 && return 0; sleep 0.05; done
@@ -57,7 +58,6 @@ start_clusterd() {
     port=$(free_port)
     local args=(--bind "127.0.0.1:$port" --data-dir "$WORK/data")
     if [ "${STORE:-sqlite}" = redis ]; then
-        need redis-server
         start_redis
         args+=(--redis-url "redis://127.0.0.1:$R")
     fi
