@@ -40,6 +40,7 @@
 
 pub mod app;
 pub mod config;
+pub mod fd;
 pub mod log;
 pub mod master;
 pub mod metrics;

@@ -192,13 +192,10 @@ impl Scoreboard {
 
     /// Maps a board made by the previous image of this process (an upgrade).
     pub fn adopt(fd: RawFd) -> Result<Self, BoardError> {
-        crate::master::upgrade::set_cloexec(fd, true).map_err(|_| BoardError {
+        let fd = crate::fd::adopt(fd).ok_or(BoardError {
             op: "adopting the inherited descriptor",
             source: nix::Error::EBADF,
         })?;
-        // SAFETY: the previous image exported fd as its scoreboard memfd and let it cross
-        // execve (set_cloexec above proved it open); nothing else in this image owns it.
-        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         Self::map(fd)
     }
 
@@ -248,11 +245,6 @@ impl Scoreboard {
     /// The board.
     pub fn board(&self) -> Board {
         self.board
-    }
-
-    /// A free record (pid 0 and not `taken`), if any.
-    pub fn free(&self, taken: &[usize]) -> Option<usize> {
-        (0..self.board.records.len()).find(|i| !taken.contains(i))
     }
 }
 

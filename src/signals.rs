@@ -1,4 +1,5 @@
-//! Signals of the master, turned into [`MasterEvent`]s. Runs in the master; [`reset_in_child`]
+//! Signals of the master, read from a signalfd (`master::event::Command` says what each means).
+//! Runs in the master; [`reset_in_child`]
 //! runs in a freshly forked worker.
 //!
 //! The master installs no signal handler at all. It blocks the signals it cares about with
@@ -14,25 +15,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, pthread_sigmask, signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// What the master reacts to. One variant per signal meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MasterEvent {
-    /// SIGTERM or SIGINT: stop accepting, let requests finish, exit 0.
-    GracefulStop(Signal),
-    /// SIGQUIT: stop now.
-    FastStop,
-    /// SIGHUP: re-read the config and replace every worker, one at a time.
-    Reload,
-    /// SIGTTIN: one worker more.
-    IncrementWorkers,
-    /// SIGTTOU: one worker fewer (never below one).
-    DecrementWorkers,
-    /// SIGCHLD: at least one child changed state; reap them all.
-    ChildExited,
-}
-
-/// The signals the master handles; everything else keeps its default action.
-const HANDLED: [Signal; 7] = [
+/// The signals the master handles; everything else keeps its default action. USR1 and USR2
+/// mean nothing to the master, but their default action would kill it (a logrotate script
+/// written for nginx sends USR1): they are read and ignored.
+const HANDLED: [Signal; 9] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -40,6 +26,8 @@ const HANDLED: [Signal; 7] = [
     Signal::SIGTTIN,
     Signal::SIGTTOU,
     Signal::SIGCHLD,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
 ];
 
 fn handled_set() -> SigSet {
@@ -75,22 +63,12 @@ impl Signals {
 
     /// Reads every pending signal without blocking. Several SIGCHLDs that arrive together are
     /// delivered as one; the reaper loops on `waitpid` for that reason.
-    pub fn drain(&self) -> Vec<MasterEvent> {
+    pub fn drain(&self) -> Vec<Signal> {
         let mut out = Vec::new();
         while let Ok(Some(info)) = self.fd.read_signal() {
-            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
-                continue;
-            };
-            let event = match sig {
-                Signal::SIGTERM | Signal::SIGINT => MasterEvent::GracefulStop(sig),
-                Signal::SIGQUIT => MasterEvent::FastStop,
-                Signal::SIGHUP => MasterEvent::Reload,
-                Signal::SIGTTIN => MasterEvent::IncrementWorkers,
-                Signal::SIGTTOU => MasterEvent::DecrementWorkers,
-                Signal::SIGCHLD => MasterEvent::ChildExited,
-                _ => continue,
-            };
-            out.push(event);
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                out.push(sig);
+            }
         }
         out
     }

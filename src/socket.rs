@@ -475,24 +475,14 @@ impl Sockets {
     pub fn import(state: Inherited) -> Result<Self, SocketError> {
         let mode = SocketMode::from_str(&state.mode).map_err(SocketError::Activation)?;
         let adopt = |fd: RawFd| -> Result<TcpListener, SocketError> {
-            // SAFETY: F_GETFD only reads the descriptor's flags.
-            if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
-                return Err(SocketError::Activation(format!(
-                    "inherited socket fd {fd} is not open"
-                )));
-            }
-            // SAFETY: the previous image of this process exported fd as one of its listening
-            // sockets and let it cross execve; it is open (checked above) and `main` adopts the
-            // inherited sockets before anything else could take ownership of that number.
-            let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let socket = Socket::from(crate::fd::adopt(fd).ok_or_else(|| {
+                SocketError::Activation(format!("inherited socket fd {fd} is not open"))
+            })?);
             if !socket.is_listener().unwrap_or(false) {
                 return Err(SocketError::Activation(format!(
                     "inherited fd {fd} is not a listening socket"
                 )));
             }
-            socket
-                .set_cloexec(true)
-                .map_err(|e| SocketError::Activation(format!("fd {fd}: {e}")))?;
             Ok(socket.into())
         };
         let mut slots = Vec::with_capacity(state.slots.len());

@@ -2,6 +2,10 @@
 //! no thread. A client sends one line (`status`, `scale N`, `reload`) and reads one line of
 //! JSON back; `clusterd status|scale|reload` is that client. Runs in the master (the listener)
 //! and in the CLI (the client).
+//!
+//! The master never blocks on a client: clients are non-blocking and sit in the poll set, each
+//! with one deadline for sending its line and taking its answer, and a turn accepts a bounded
+//! number of them. A client that trickles bytes, or many idle ones, cost the loop nothing.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -10,8 +14,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long the master waits for a client's line, and for its answer to be taken.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(200);
+use super::clock::Ms;
+use super::event::Command;
+
+/// How long a client has, from its connect, to send its line and take the answer.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// Clients accepted in one turn of the loop (the rest wait in the listen queue).
+const ACCEPT_PER_TURN: usize = 16;
+/// Clients open at once; one more is closed at once.
+const MAX_CLIENTS: usize = 64;
+/// The longest request line.
+const MAX_LINE: usize = 4096;
 
 /// Errors opening the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -35,36 +48,24 @@ pub enum ControlError {
 pub struct Control {
     listener: UnixListener,
     path: PathBuf,
+    clients: Vec<Client>,
+    next_client: u64,
 }
 
-/// A request from a client.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Request {
-    /// The status document.
-    Status,
-    /// Set the worker count.
-    Scale(usize),
-    /// As SIGHUP.
-    Reload,
+/// One connected client.
+struct Client {
+    id: u64,
+    stream: UnixStream,
+    /// What it sent so far (until the newline).
+    line: Vec<u8>,
+    /// The answer and how much of it was written.
+    answer: Option<(Vec<u8>, usize)>,
+    /// When it is dropped, done or not.
+    deadline: Ms,
 }
 
-impl Request {
-    fn parse(line: &str) -> Result<Request, String> {
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next(), words.next()) {
-            (Some("status"), None, _) => Ok(Request::Status),
-            (Some("reload"), None, _) => Ok(Request::Reload),
-            (Some("scale"), Some(n), None) => n
-                .parse()
-                .map(Request::Scale)
-                .map_err(|_| format!("scale: {n:?} is not a number of workers")),
-            _ => Err(format!(
-                "unknown request {:?}: status, scale N or reload",
-                line.trim()
-            )),
-        }
-    }
-}
+/// A client's request: its id (for [`Control::answer`]) and the command, or why it is none.
+pub type Asked = (u64, Result<Command, String>);
 
 impl Control {
     /// Binds `path` (replacing a stale socket file no master answers on), mode 0600.
@@ -98,32 +99,92 @@ impl Control {
         Ok(Control {
             listener,
             path: path.to_path_buf(),
+            clients: Vec::new(),
+            next_client: 0,
         })
     }
 
-    /// For the master's poll.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
+    /// The descriptors to poll, each with whether it waits for room to write (an answer) rather
+    /// than for input: the listener and every client.
+    pub fn poll_set(&self) -> Vec<(BorrowedFd<'_>, bool)> {
+        let mut out = vec![(self.listener.as_fd(), false)];
+        out.extend(
+            self.clients
+                .iter()
+                .map(|c| (c.stream.as_fd(), c.answer.is_some())),
+        );
+        out
     }
 
-    /// Answers every client waiting, each with `answer(request)` (a JSON value). A client that
-    /// does not send its line within 200 ms is dropped.
-    pub fn serve(&self, mut answer: impl FnMut(Request) -> serde_json::Value) {
-        while let Ok((stream, _)) = self.listener.accept() {
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-            let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-            let mut line = String::new();
-            let mut reader = BufReader::new((&stream).take(4096));
-            if reader.read_line(&mut line).is_err() {
+    /// Accepts new clients (a bounded number), reads what the others sent without blocking,
+    /// drops those past their deadline, and returns every whole request line.
+    pub fn read(&mut self, now: Ms) -> Vec<Asked> {
+        for _ in 0..ACCEPT_PER_TURN {
+            let Ok((stream, _)) = self.listener.accept() else {
+                break;
+            };
+            if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            let reply = match Request::parse(&line) {
-                Ok(req) => answer(req),
-                Err(e) => serde_json::json!({ "ok": false, "error": e }),
-            };
-            let _ = (&stream).write_all(format!("{reply}\n").as_bytes());
+            self.next_client += 1;
+            self.clients.push(Client {
+                id: self.next_client,
+                stream,
+                line: Vec::new(),
+                answer: None,
+                deadline: now.plus(CLIENT_DEADLINE),
+            });
         }
+        let mut asked = Vec::new();
+        self.clients.retain_mut(|c| {
+            if now >= c.deadline {
+                return false;
+            }
+            if c.answer.is_some() {
+                return true;
+            }
+            let mut buf = [0u8; 512];
+            match (&c.stream).read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => c.line.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+            if let Some(end) = c.line.iter().position(|b| *b == b'\n') {
+                let text = String::from_utf8_lossy(&c.line[..end]).into_owned();
+                asked.push((c.id, Command::from_line(&text)));
+            } else if c.line.len() > MAX_LINE {
+                asked.push((c.id, Err("request line too long".to_string())));
+            }
+            true
+        });
+        asked
+    }
+
+    /// Gives client `id` its answer and writes what the socket takes now; the rest goes out on
+    /// later turns, within the client's deadline.
+    pub fn answer(&mut self, id: u64, value: &serde_json::Value) {
+        if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
+            c.answer = Some((format!("{value}\n").into_bytes(), 0));
+        }
+        self.flush();
+    }
+
+    /// Writes pending answers without blocking; a client whose answer is out is closed.
+    pub fn flush(&mut self) {
+        self.clients.retain_mut(|c| {
+            let Some((text, sent)) = c.answer.as_mut() else {
+                return true;
+            };
+            while *sent < text.len() {
+                match (&c.stream).write(&text[*sent..]) {
+                    Ok(n) if n > 0 => *sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                    _ => return false,
+                }
+            }
+            false
+        });
     }
 
     /// The socket's path.
@@ -156,19 +217,4 @@ pub fn ask(path: &Path, line: &str) -> Result<serde_json::Value, String> {
         .read_line(&mut text)
         .map_err(|e| format!("{}: no answer: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: bad answer: {e}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_parse() {
-        assert_eq!(Request::parse("status\n"), Ok(Request::Status));
-        assert_eq!(Request::parse("scale 5"), Ok(Request::Scale(5)));
-        assert_eq!(Request::parse("reload"), Ok(Request::Reload));
-        assert!(Request::parse("scale five").is_err());
-        assert!(Request::parse("scale 1 2").is_err());
-        assert!(Request::parse("shutdown").is_err());
-    }
 }

@@ -18,28 +18,29 @@
 
 use std::ffi::{CString, OsString};
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
+use super::clock::Ms;
+use super::handover::Handover;
 use crate::socket::Inherited;
+
+mod legacy;
 
 /// The environment variable that carries [`State`] across `execve`.
 pub const STATE_ENV: &str = "CLUSTERD_UPGRADE_STATE";
-/// How long the new binary's configuration check may take.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The flag that makes the binary check its configuration and exit.
 pub const CHECK_FLAG: &str = "--check-config";
 /// Set for the check: the [`State`] version the running master would hand over, so a new
 /// binary that could not read it fails the check instead of the exec.
 pub const VERSION_ENV: &str = "CLUSTERD_UPGRADE_STATE_VERSION";
 /// Bumped when [`State`] changes shape: an image refuses a state it does not know.
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
 
 /// The binary the master runs, and the path it was started from.
 #[derive(Debug, Clone)]
@@ -81,8 +82,6 @@ impl Binary {
 pub struct Check {
     /// The checker's pid; the master's reaper hands its exit to [`Check::finish`].
     pub pid: Pid,
-    /// When it is killed and the upgrade given up.
-    pub deadline: Instant,
     /// Its standard error, read when it has exited.
     stderr: std::process::ChildStderr,
 }
@@ -103,7 +102,6 @@ impl Check {
         let stderr = child.stderr.take().expect("stderr was piped");
         Ok(Check {
             pid: Pid::from_raw(child.id() as i32),
-            deadline: Instant::now() + CHECK_TIMEOUT,
             stderr,
         })
     }
@@ -122,100 +120,35 @@ impl Check {
     }
 }
 
-/// One worker as it crosses `execve`. Instants become ages, since `Instant` means nothing to
-/// another image.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct WorkerState {
-    /// Worker id.
-    pub id: u64,
-    /// Slot.
-    pub slot: usize,
-    /// Process id.
-    pub pid: i32,
-    /// The read end of its pipe, when still open.
-    pub pipe: Option<RawFd>,
-    /// Last reported health.
-    pub healthy: Option<bool>,
-    /// It reported ready.
-    pub ready: bool,
-    /// Milliseconds since it was forked.
-    pub age_ms: u64,
-    /// Milliseconds since it reported ready.
-    pub ready_age_ms: Option<u64>,
-    /// Being stopped: milliseconds until SIGKILL, and whether SIGKILL was sent.
-    pub retiring: Option<(u64, bool)>,
-    /// Serial of the retired slot socket it holds last.
-    pub closing_socket: Option<u64>,
-    /// Its scoreboard record.
-    #[serde(default)]
-    pub record: Option<usize>,
-    /// Its recycling limit.
-    #[serde(default)]
-    pub max_requests: u64,
-}
-
 /// What the new image needs of the old one.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct State {
     version: u32,
     /// The socket table (taken by `main` with [`State::take_sockets`]).
     sockets: Option<Inherited>,
-    /// Every unreaped worker.
-    pub workers: Vec<WorkerState>,
-    /// The next worker id.
-    pub next_id: u64,
-    /// Slots wanted (TTIN/TTOU included).
-    pub target: usize,
-    /// `--workers` of the configuration the old image ran, to tell whether the new one
-    /// changed it (then it wins over TTIN/TTOU, as on a reload).
-    pub configured_workers: usize,
-    /// Unplanned deaths so far.
-    pub restarts: u64,
-    /// Consecutive early deaths (crash-loop back-off).
-    pub failures: u32,
-    /// Milliseconds until the next fork is allowed.
-    pub respawn_in_ms: u64,
+    /// The cluster: workers, counters, a rollout's booting replacements.
+    pub cluster: Handover,
+    /// Each worker's pipe (its read end), by worker id.
+    pub pipes: Vec<(u64, RawFd)>,
     /// The scoreboard's memfd.
-    #[serde(default)]
     pub board_fd: Option<RawFd>,
     /// The metrics socket.
-    #[serde(default)]
     pub metrics_fd: Option<RawFd>,
-    /// Restarts by slot.
-    #[serde(default)]
-    pub slot_restarts: Vec<u64>,
-    /// How long the master has run, over all its images.
-    #[serde(default)]
-    pub master_age_ms: u64,
+    /// The master that wrote it: a state is only good in the same process.
+    pub master_pid: i32,
 }
 
 impl State {
-    /// A state of this image's version.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        sockets: Inherited,
-        workers: Vec<WorkerState>,
-        next_id: u64,
-        target: usize,
-        configured_workers: usize,
-        restarts: u64,
-        failures: u32,
-        respawn_in_ms: u64,
-    ) -> State {
+    /// A state of this image's version, for this process.
+    pub fn new(sockets: Inherited, cluster: Handover, pipes: Vec<(u64, RawFd)>) -> State {
         State {
             version: STATE_VERSION,
             sockets: Some(sockets),
-            workers,
-            next_id,
-            target,
-            configured_workers,
-            restarts,
-            failures,
-            respawn_in_ms,
+            cluster,
+            pipes,
             board_fd: None,
             metrics_fd: None,
-            slot_restarts: Vec::new(),
-            master_age_ms: 0,
+            master_pid: std::process::id() as i32,
         }
     }
 
@@ -231,7 +164,7 @@ impl State {
         let mut fds = self.sockets.as_ref().map_or_else(Vec::new, Inherited::fds);
         fds.extend(self.board_fd);
         fds.extend(self.metrics_fd);
-        fds.extend(self.workers.iter().filter_map(|w| w.pipe));
+        fds.extend(self.pipes.iter().map(|(_, fd)| *fd));
         fds
     }
 }
@@ -253,12 +186,25 @@ pub fn take_state() -> Result<Option<State>, UpgradeError> {
     // SAFETY: the master has a single thread here, so nothing reads the environment
     // concurrently.
     unsafe { std::env::remove_var(STATE_ENV) };
-    let state: State =
-        serde_json::from_slice(text.as_bytes()).map_err(|e| UpgradeError::State(e.to_string()))?;
-    if state.version != STATE_VERSION {
+    let version = serde_json::from_slice::<serde_json::Value>(text.as_bytes())
+        .map_err(|e| UpgradeError::State(e.to_string()))?["version"]
+        .as_u64();
+    let state: State = match version {
+        Some(1) => legacy::parse(text.as_bytes(), Ms::now())?,
+        Some(v) if v == u64::from(STATE_VERSION) => serde_json::from_slice(text.as_bytes())
+            .map_err(|e| UpgradeError::State(e.to_string()))?,
+        other => {
+            return Err(UpgradeError::State(format!(
+                "state version {other:?} from the previous binary, this one reads 1 and {STATE_VERSION}"
+            )));
+        }
+    };
+    // A variable that leaked into the environment of another start (a unit, a shell) names
+    // someone else's processes: never adopt, and later signal, those.
+    if state.master_pid != 0 && state.master_pid != std::process::id() as i32 {
         return Err(UpgradeError::State(format!(
-            "state version {} from the previous binary, this one reads {STATE_VERSION}",
-            state.version
+            "written by process {}, not this one (a leaked variable?): refusing to adopt processes that are not ours",
+            state.master_pid
         )));
     }
     Ok(Some(state))
@@ -268,31 +214,11 @@ pub fn take_state() -> Result<Option<State>, UpgradeError> {
 /// version it would hand over.
 pub fn check_state_version() -> Result<(), UpgradeError> {
     match std::env::var(VERSION_ENV) {
-        Ok(v) if v != STATE_VERSION.to_string() => Err(UpgradeError::State(format!(
-            "the running master hands over state version {v}, this binary reads {STATE_VERSION}: restart instead of reloading"
+        Ok(v) if v != "1" && v != STATE_VERSION.to_string() => Err(UpgradeError::State(format!(
+            "the running master hands over state version {v}, this binary reads 1 and {STATE_VERSION}: restart instead of reloading"
         ))),
         _ => Ok(()),
     }
-}
-
-/// Sets or clears close-on-exec on a descriptor the master owns.
-pub fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
-    // SAFETY: F_GETFD/F_SETFD only read and write the descriptor's flags; callers pass
-    // descriptors they own.
-    let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let flags = if on {
-        flags | nix::libc::FD_CLOEXEC
-    } else {
-        flags & !nix::libc::FD_CLOEXEC
-    };
-    // SAFETY: as above.
-    if unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, flags) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Replaces this process's image with `binary`, handing `state` over. Returns only on failure,
@@ -300,7 +226,7 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
 pub fn exec(binary: &Binary, state: &State) -> std::io::Error {
     let fail = |e: std::io::Error, fds: &[RawFd]| {
         for fd in fds {
-            let _ = set_cloexec(*fd, true);
+            let _ = crate::fd::set_cloexec(*fd, true);
         }
         // SAFETY: single-threaded master (see `take_state`).
         unsafe { std::env::remove_var(STATE_ENV) };
@@ -322,7 +248,7 @@ pub fn exec(binary: &Binary, state: &State) -> std::io::Error {
         Err(e) => return e,
     };
     for (i, fd) in fds.iter().enumerate() {
-        if let Err(e) = set_cloexec(*fd, false) {
+        if let Err(e) = crate::fd::set_cloexec(*fd, false) {
             return fail(e, &fds[..i]);
         }
     }
@@ -342,14 +268,4 @@ pub fn exec(binary: &Binary, state: &State) -> std::io::Error {
         Ok(never) => match never {},
     };
     fail(e, &fds)
-}
-
-/// Takes over a descriptor the previous image let cross `execve` (a worker's pipe) and makes
-/// it close-on-exec again; `None` if it is not open.
-pub fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
-    set_cloexec(fd, true).ok()?;
-    // SAFETY: the previous image of this process exported fd as one of its own and let it
-    // cross execve; F_SETFD above proved it open; the master adopts inherited descriptors
-    // before it opens anything that could have been given that number.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }

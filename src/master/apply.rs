@@ -1,0 +1,276 @@
+//! Carrying out the decisions: fork, kill, close a slot, notify, run the upgrade's check,
+//! `execve`, and feeding each outcome back to the cluster. Runs in the master, at the edge.
+//! Forks, signals to workers and the `execve` happen only here.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, pipe2};
+
+use super::clock::Ms;
+use super::event::{Action, Command, Notify, Spawn};
+use super::table::WorkerPhase;
+use super::upgrade::{self, Check};
+use super::{Master, Reloaded, observe, status};
+use crate::process::{self, ProcessError};
+use crate::scoreboard::Scoreboard;
+use crate::worker::{self, WorkerApp, WorkerSpec};
+
+impl<A: WorkerApp> Master<A> {
+    /// Carries out `actions`, and what their outcomes lead to, in order.
+    pub(super) fn apply(&mut self, actions: Vec<Action>, now: Ms) {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            let mut more = Vec::new();
+            match action {
+                Action::Spawn(spawn) => self.spawn(*spawn, now, &mut more),
+                Action::Signal { id, pid, sig } => signal(id, pid, sig),
+                Action::CloseSlot { id, pid, slot } => {
+                    // The master closes its copy first; the worker, then the socket's last
+                    // holder, is told with SIGUSR1 to shut it while still accepting (see
+                    // `worker.rs`). Where the socket stays (shared, from systemd): SIGTERM.
+                    let serial = self.sockets.close_slot(slot);
+                    self.cluster.closing_socket(id, serial);
+                    let sig = if serial.is_some() {
+                        Signal::SIGUSR1
+                    } else {
+                        Signal::SIGTERM
+                    };
+                    signal(id, pid, sig);
+                }
+                Action::SocketGone(serial) => self.sockets.gone(serial),
+                Action::Release(record) => {
+                    if let Some(r) = self.board.board().records.get(record) {
+                        r.pid.store(0, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                Action::DropPipe(id) => self.pipes.remove(id),
+                Action::Notify(Notify::Ready(line)) => self.notifier.ready(&line),
+                Action::Notify(Notify::Reloading) => self.notifier.reloading(),
+                Action::Notify(Notify::Stopping) => self.notifier.stopping(),
+                Action::Reload => self.reload(now, &mut more),
+                Action::KillCheck => {
+                    if let Some(c) = &self.check {
+                        let _ = kill(c.pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            queue.extend(more);
+        }
+    }
+
+    /// Forks one worker with the settings the decision chose.
+    fn spawn(&mut self, s: Spawn, now: Ms, out: &mut Vec<Action>) {
+        let listener = match self.sockets.for_slot(s.slot) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let why = format!("opening the slot's socket: {e}");
+                return self.cluster.spawn_failed(s.id, &why, None, now, out);
+            }
+        };
+        let (read, write) = match pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("creating a readiness pipe: {e}");
+                return self.cluster.spawn_failed(s.id, &why, None, now, out);
+            }
+        };
+        self.board.board().records[s.record].reset(s.id, s.slot);
+        let max_requests = match (s.config.max_requests, s.config.max_requests_jitter) {
+            (0, _) => 0,
+            (n, 0) => n,
+            (n, j) => n + rand::random_range(0..=j),
+        };
+        let spec = WorkerSpec {
+            id: s.id,
+            slot: s.slot,
+            app: &self.app,
+            listener,
+            ready: write,
+            master: nix::unistd::getpid(),
+            threads: s.config.threads,
+            graceful_timeout: s.config.graceful_timeout,
+            read_timeout: s.config.read_timeout,
+            credentials: self.credentials,
+            board: self.board.board(),
+            record: s.record,
+            metrics: self.metrics.as_ref().map(AsRawFd::as_raw_fd),
+        };
+        // The closure (and the pipe's write end in it) is dropped in the master when `spawn`
+        // returns, so the master holds only the read end.
+        match process::spawn(|| worker::run(spec)) {
+            Ok(pid) => {
+                self.pipes.insert(s.id, read);
+                self.cluster.spawned(s.id, pid.as_raw(), max_requests);
+            }
+            Err(ProcessError::Threaded(n)) => {
+                self.cluster
+                    .spawn_failed(s.id, "the master has threads", Some(n), now, out)
+            }
+            Err(e) => self
+                .cluster
+                .spawn_failed(s.id, &e.to_string(), None, now, out),
+        }
+    }
+
+    /// A reload the cluster accepted: the new binary's check if a deploy replaced it, else the
+    /// configuration re-read.
+    fn reload(&mut self, now: Ms, out: &mut Vec<Action>) {
+        if let Some(binary) = self.binary.as_ref().filter(|b| b.replaced()) {
+            // The new binary reads the configuration itself once it runs.
+            match Check::start(binary) {
+                Ok(check) => {
+                    tracing::info!(binary = %binary.path.display(), "SIGHUP: the binary was replaced; checking the new one before re-executing it");
+                    self.cluster.check_started(check.pid.as_raw(), now);
+                    self.check = Some(check);
+                }
+                Err(e) => {
+                    let why = format!("cannot run {}: {e}", binary.path.display());
+                    self.cluster.upgrade_failed(&why, out);
+                }
+            }
+            return;
+        }
+        let new = match self.reload.as_mut() {
+            Some(reload) => reload(),
+            None => Ok(Reloaded {
+                cluster: self.cluster.forking_config().0.clone(),
+                needs_restart: Vec::new(),
+            }),
+        };
+        self.cluster.reloaded(new, out);
+    }
+
+    /// Answers the control clients whose request is complete.
+    pub(super) fn serve_control(&mut self, now: Ms, out: &mut Vec<Action>) {
+        let Some(mut control) = self.control.take() else {
+            return;
+        };
+        for (client, asked) in control.read(now) {
+            let reply = match asked {
+                Ok(Command::Status) => {
+                    let seen = observe::observe(&self.cluster.table, self.board.board(), now);
+                    status::document(&self.cluster, &seen, std::process::id() as i32, now)
+                }
+                Ok(Command::Reload) => {
+                    tracing::info!("reload asked on the control socket");
+                    self.cluster.command(Command::Reload, now, out)
+                }
+                Ok(cmd) => self.cluster.command(cmd, now, out),
+                Err(e) => serde_json::json!({ "ok": false, "error": e }),
+            };
+            control.answer(client, &reply);
+        }
+        control.flush();
+        self.control = Some(control);
+    }
+
+    /// Every child that ended: the upgrade's check, or a worker.
+    pub(super) fn reap(&mut self, now: Ms, out: &mut Vec<Action>) {
+        for (pid, death) in process::reap() {
+            if self.check.as_ref().is_some_and(|c| c.pid == pid) {
+                let said = self.check.take().map(Check::finish).unwrap_or_default();
+                self.cluster.check_done(death, &said, out);
+            } else {
+                self.cluster.death(pid.as_raw(), death, now, out);
+            }
+        }
+    }
+
+    /// Hands everything over to the new binary with `execve`. Returns only if that failed.
+    pub(super) fn exec(&mut self, now: Ms) {
+        let Some(binary) = self.binary.clone() else {
+            return;
+        };
+        let mut state = upgrade::State::new(
+            self.sockets.export(),
+            self.cluster.export(),
+            self.pipes.raw(),
+        );
+        state.board_fd = Some(self.board.fd());
+        state.metrics_fd = self.metrics.as_ref().map(AsRawFd::as_raw_fd);
+        // The control socket is close-on-exec: the new image binds its path anew.
+        tracing::info!(binary = %binary.path.display(), "re-executing the master from the new binary");
+        let e = upgrade::exec(&binary, &state);
+        let mut out = Vec::new();
+        let why = format!("executing {}: {e}", binary.path.display());
+        self.cluster.upgrade_failed(&why, &mut out);
+        self.apply(out, now);
+    }
+
+    /// Takes over the workers of the previous image of this process (an upgrade) and starts
+    /// replacing them, one slot at a time, with workers of this binary. The socket table came
+    /// through [`Master::new`] already. A pid that is not our child is dropped: it was never
+    /// ours, or it was reaped and its number reused.
+    pub fn adopt(mut self, mut state: upgrade::State) -> Self {
+        let mut board_kept = false;
+        if let Some(fd) = state.board_fd {
+            match Scoreboard::adopt(fd) {
+                Ok(board) => {
+                    self.board = board;
+                    board_kept = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the previous scoreboard is lost; the adopted workers go unobserved until replaced")
+                }
+            }
+        }
+        if let Some(fd) = state.metrics_fd {
+            match crate::fd::adopt(fd) {
+                Some(fd) => self.metrics = Some(std::net::TcpListener::from(fd)),
+                None => tracing::warn!("the inherited metrics socket is gone"),
+            }
+        }
+        let me = std::process::id() as i32;
+        state.cluster.workers.retain(|w| {
+            let ours = observe::parent(w.pid) == Some(me);
+            if !ours {
+                tracing::warn!(
+                    worker = w.id,
+                    pid = w.pid,
+                    "the previous image's worker is not a child of this process; dropping it"
+                );
+            }
+            ours
+        });
+        for (id, fd) in state.pipes {
+            let fd = crate::fd::adopt(fd);
+            if let Some(fd) = fd
+                && state.cluster.workers.iter().any(|w| w.id == id)
+            {
+                self.pipes.insert(id, fd);
+            }
+        }
+        let mut holding = Vec::new();
+        for w in &mut state.cluster.workers {
+            if !board_kept {
+                w.record = None;
+            }
+            if let WorkerPhase::Stopping {
+                closing: Some(serial),
+                ..
+            } = w.phase
+            {
+                holding.push(serial);
+            }
+        }
+        // A retired slot's socket whose worker was reaped while the images changed hands.
+        self.sockets.forget_closing(&holding);
+        self.cluster.capacity = self.board.board().records.len();
+        self.cluster.adopt(state.cluster);
+        self.upgraded = true;
+        self
+    }
+}
+
+/// Sends `sig` to worker `id`; a worker already gone is only logged.
+fn signal(id: u64, pid: i32, sig: Signal) {
+    if pid <= 0 {
+        return;
+    }
+    if let Err(e) = kill(Pid::from_raw(pid), sig) {
+        tracing::warn!(worker = id, pid, error = %e, "could not signal worker");
+    }
+}

@@ -1,0 +1,48 @@
+//! Observing the workers: the scoreboard and `/proc`, read once per observation. Runs in the
+//! master, at the edge; what it returns is plain data for the decisions (`deadlines.rs`) and the
+//! status document.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::clock::Ms;
+use super::deadlines::Seen;
+use super::table::Table;
+use crate::process;
+use crate::scoreboard::Board;
+
+/// Every worker with a pid, as it is now.
+pub fn observe(table: &Table, board: Board, now: Ms) -> Vec<Seen> {
+    table
+        .workers
+        .iter()
+        .filter(|w| w.pid > 0)
+        .map(|w| {
+            let record = w.record.and_then(|i| board.records.get(i));
+            Seen {
+                id: w.id,
+                heartbeat_age_ms: record.and_then(|r| r.heartbeat_age_ms(now.0)),
+                stopped: process_state(w.pid) == Some('T'),
+                rss: process::rss_bytes(w.pid).unwrap_or(0),
+                requests: record.map_or(0, |r| r.requests.load(Relaxed)),
+                connections: record.map_or(0, |r| r.connections.load(Relaxed).max(0) as u64),
+            }
+        })
+        .collect()
+}
+
+/// A process's state letter (R, S, T, ...), from /proc/PID/stat.
+pub fn process_state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// A process's parent, from /proc/PID/stat: an adopted worker must still be our child.
+pub fn parent(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// The fields of /proc/PID/stat after the command name (state, ppid, ...).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
