@@ -375,6 +375,7 @@ pub struct Clusterd {
 
 /// How to start clusterd.
 pub struct Opts {
+    /// `--workers`; 0 passes none (the config file or the default decides).
     pub workers: usize,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -496,10 +497,11 @@ impl Clusterd {
         } else {
             ([127, 0, 0, 1], port).into()
         };
+        if opts.workers > 0 {
+            cmd.arg("--workers").arg(opts.workers.to_string());
+        }
         cmd.arg("--bind")
             .arg(addr.to_string())
-            .arg("--workers")
-            .arg(opts.workers.to_string())
             .arg("--data-dir")
             .arg(&data)
             .arg("--graceful-timeout")
@@ -557,6 +559,43 @@ impl Clusterd {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Runs `clusterd ARGS --control-socket <the master's>`: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let sock = self.data.join("control.sock");
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--control-socket")
+            .arg(&sock)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `clusterd status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, out, err) = self.ctl(&["status", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Waits until `clusterd status --json` satisfies `done`, and returns that document.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually(timeout, what, || {
+            let (code, out, _) = self.ctl(&["status", "--json"]);
+            let doc: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (code == Some(0) && done(&doc)).then_some(doc)
+        })
     }
 
     pub fn workers(&self) -> Vec<i32> {

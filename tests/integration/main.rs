@@ -8,6 +8,7 @@ mod balance;
 mod cli;
 mod cluster;
 mod cluster_redis;
+mod interleave;
 mod multihost;
 mod operate;
 mod page;

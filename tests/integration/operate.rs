@@ -12,26 +12,12 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(15);
 
-/// Runs `clusterd ARGS --control-socket <the master's>` and returns (exit code, stdout, stderr).
 fn ctl(c: &Clusterd, args: &[&str]) -> (Option<i32>, String, String) {
-    let sock = c.data.join("control.sock");
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--control-socket")
-        .arg(&sock)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.ctl(args)
 }
 
 fn status(c: &Clusterd) -> serde_json::Value {
-    let (code, out, err) = ctl(c, &["status", "--json"]);
-    assert_eq!(code, Some(0), "{err}");
-    serde_json::from_str(&out).unwrap()
+    c.status()
 }
 
 fn pids(doc: &serde_json::Value) -> Vec<i32> {
