@@ -25,8 +25,15 @@
 //! last. An index the kernel no longer has makes it fall back to its own hash over the sockets
 //! still listening, so a briefly stale mirror costs balance, never a connection.
 
+mod activation;
+mod inherit;
+mod steer;
+
+pub use self::activation::from_systemd;
+pub use self::inherit::Inherited;
+
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -375,36 +382,6 @@ impl Sockets {
         self.steer();
     }
 
-    /// Attaches a program to the group that sends each new connection to a live slot's
-    /// socket, chosen by the connection's hash.
-    fn steer(&mut self) {
-        if !self.steer {
-            return;
-        }
-        let active: Vec<u32> = (0..self.group.len())
-            .filter(|i| !self.closing.contains(&self.group[*i]))
-            .map(|i| i as u32)
-            .collect();
-        let Some(holder) = self
-            .slots
-            .iter()
-            .flatten()
-            .find(|e| !self.closing.contains(&e.serial))
-        else {
-            return;
-        };
-        if let Err(e) =
-            attach_reuseport_cbpf(holder.listener.as_raw_fd(), &steering_program(&active))
-        {
-            tracing::warn!(error = %e, "attaching the SO_REUSEPORT steering program failed; the kernel's own hash spreads connections, and a retiring slot may reset what is queued on it");
-            self.unsteer();
-        }
-    }
-
-    fn unsteer(&mut self) {
-        self.steer = false;
-    }
-
     /// The lowest slot count at which every socket systemd passed has a worker: passed sockets
     /// are never closed, so fewer workers would leave one unserved.
     pub fn min_workers(&self) -> usize {
@@ -419,234 +396,6 @@ impl Sockets {
             )
         }
     }
-}
-
-/// The socket table as it crosses `execve` when the master upgrades itself: descriptor numbers
-/// (inherited by the new image) and the table's bookkeeping, so that the new image goes on with
-/// the same sockets, the same mirror of the kernel's group and the same steering.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Inherited {
-    mode: String,
-    addr: SocketAddr,
-    backlog: u32,
-    /// Index = slot: (descriptor, passed by systemd, serial).
-    slots: Vec<Option<(RawFd, bool, u64)>>,
-    fallback: Vec<RawFd>,
-    group: Vec<u64>,
-    closing: Vec<u64>,
-    next_serial: u64,
-    steer: bool,
-}
-
-impl Inherited {
-    /// Every descriptor it names.
-    pub fn fds(&self) -> Vec<RawFd> {
-        let slots = self.slots.iter().flatten().map(|(fd, _, _)| *fd);
-        slots.chain(self.fallback.iter().copied()).collect()
-    }
-}
-
-impl Sockets {
-    /// Describes the table for the next image. The descriptors stay owned here; the caller
-    /// makes them inheritable just before `execve` (and close-on-exec again if it fails).
-    pub fn export(&self) -> Inherited {
-        Inherited {
-            mode: self.mode.as_str().to_string(),
-            addr: self.addr,
-            backlog: self.backlog,
-            slots: self
-                .slots
-                .iter()
-                .map(|e| {
-                    e.as_ref()
-                        .map(|e| (e.listener.as_raw_fd(), e.passed, e.serial))
-                })
-                .collect(),
-            fallback: self.fallback.iter().map(AsRawFd::as_raw_fd).collect(),
-            group: self.group.clone(),
-            closing: self.closing.clone(),
-            next_serial: self.next_serial,
-            steer: self.steer,
-        }
-    }
-
-    /// Takes over the table the previous image exported. Each descriptor must be an open
-    /// listening stream socket; it becomes close-on-exec again.
-    pub fn import(state: Inherited) -> Result<Self, SocketError> {
-        let mode = SocketMode::from_str(&state.mode).map_err(SocketError::Activation)?;
-        let adopt = |fd: RawFd| -> Result<TcpListener, SocketError> {
-            let socket = Socket::from(crate::fd::adopt(fd).ok_or_else(|| {
-                SocketError::Activation(format!("inherited socket fd {fd} is not open"))
-            })?);
-            if !socket.is_listener().unwrap_or(false) {
-                return Err(SocketError::Activation(format!(
-                    "inherited fd {fd} is not a listening socket"
-                )));
-            }
-            Ok(socket.into())
-        };
-        let mut slots = Vec::with_capacity(state.slots.len());
-        for slot in state.slots {
-            slots.push(match slot {
-                Some((fd, passed, serial)) => Some(Entry {
-                    listener: adopt(fd)?,
-                    passed,
-                    serial,
-                }),
-                None => None,
-            });
-        }
-        let fallback = state
-            .fallback
-            .into_iter()
-            .map(adopt)
-            .collect::<Result<_, _>>()?;
-        Ok(Sockets {
-            mode,
-            addr: state.addr,
-            backlog: state.backlog,
-            slots,
-            fallback,
-            group: state.group,
-            closing: state.closing,
-            next_serial: state.next_serial,
-            steer: state.steer,
-        })
-    }
-
-    /// A slot's socket is gone from the group while the exec happened (its worker shut it down
-    /// or died): forget it. For closing sockets the new image cannot ask about.
-    pub fn forget_closing(&mut self, keep: &[u64]) {
-        let gone: Vec<u64> = self
-            .closing
-            .iter()
-            .copied()
-            .filter(|s| !keep.contains(s))
-            .collect();
-        for serial in gone {
-            self.gone(serial);
-        }
-    }
-}
-
-/// A classic BPF program for `SO_ATTACH_REUSEPORT_CBPF`: the connection's hash modulo the
-/// number of live sockets, looked up in `indices` (positions in the kernel's array).
-fn steering_program(indices: &[u32]) -> Vec<nix::libc::sock_filter> {
-    use nix::libc::{
-        BPF_ABS, BPF_ALU, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W, SKF_AD_OFF,
-        SKF_AD_RXHASH, sock_filter,
-    };
-    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    };
-    let n = indices.len().max(1) as u32;
-    let mut prog = vec![
-        // A = skb->hash (the flow hash of the connection's addresses and ports)
-        op(
-            BPF_LD | BPF_W | BPF_ABS,
-            0,
-            0,
-            (SKF_AD_OFF + SKF_AD_RXHASH) as u32,
-        ),
-        // A %= number of live sockets
-        op(BPF_ALU | BPF_MOD | BPF_K, 0, 0, n),
-    ];
-    for (j, index) in indices.iter().enumerate() {
-        // if A == j return indices[j]
-        prog.push(op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, j as u32));
-        prog.push(op(BPF_RET | BPF_K, 0, 0, *index));
-    }
-    // Unreachable with n live sockets; an index past the array makes the kernel use its hash.
-    prog.push(op(BPF_RET | BPF_K, 0, 0, u32::MAX));
-    prog
-}
-
-/// `SO_ATTACH_REUSEPORT_CBPF` from the kernel's asm-generic/socket.h (x86-64, arm64 and most
-/// architectures; the libc crate defines it for Android only).
-const SO_ATTACH_REUSEPORT_CBPF: nix::libc::c_int = 51;
-
-/// Attaches `prog` to the SO_REUSEPORT group of `fd` (it replaces the group's program).
-fn attach_reuseport_cbpf(fd: RawFd, prog: &[nix::libc::sock_filter]) -> std::io::Result<()> {
-    let fprog = nix::libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut _,
-    };
-    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the program
-    // and reads exactly `len` instructions; the option's size is that of `sock_fprog`.
-    let rc = unsafe {
-        nix::libc::setsockopt(
-            fd,
-            nix::libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const nix::libc::sock_fprog).cast(),
-            std::mem::size_of::<nix::libc::sock_fprog>() as nix::libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// First descriptor systemd passes (`SD_LISTEN_FDS_START`).
-const LISTEN_FDS_START: RawFd = 3;
-
-/// Takes over the sockets systemd passed, if `LISTEN_PID` names this process. Removes the
-/// `LISTEN_*` variables so workers (which inherit the environment) never act on them.
-///
-/// Must run while the master is single-threaded: it edits the environment.
-pub fn from_systemd() -> Result<Option<Vec<TcpListener>>, SocketError> {
-    let pid = std::env::var("LISTEN_PID").ok();
-    let fds = std::env::var("LISTEN_FDS").ok();
-    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        // SAFETY: the master has a single thread here, so nothing reads the environment
-        // concurrently.
-        unsafe { std::env::remove_var(name) };
-    }
-    let (Some(pid), Some(fds)) = (pid, fds) else {
-        return Ok(None);
-    };
-    if pid.parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(None);
-    }
-    let n = match fds.parse::<i32>() {
-        Ok(n) if (1..=1024).contains(&n) => n,
-        _ => {
-            return Err(SocketError::Activation(format!(
-                "LISTEN_FDS={fds:?} is not a number of sockets from 1 to 1024"
-            )));
-        }
-    };
-    let mut out = Vec::new();
-    for fd in LISTEN_FDS_START..LISTEN_FDS_START + n {
-        // A descriptor that is not open must not be taken: the number may be handed to a file
-        // opened later, which dropping our `OwnedFd` would then close behind its owner's back.
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
-            return Err(SocketError::Activation(format!(
-                "LISTEN_FDS={n} but fd {fd} is not open"
-            )));
-        }
-        // SAFETY: systemd passed fds 3.. to this process (LISTEN_PID matched), fd is open (checked
-        // above), and nothing else in the master has taken ownership of it: `main` adopts the
-        // sockets before it opens any file.
-        let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        let ok =
-            socket.r#type().ok() == Some(Type::STREAM) && socket.is_listener().unwrap_or(false);
-        if !ok {
-            return Err(SocketError::Activation(format!(
-                "fd {fd} is not a listening stream socket"
-            )));
-        }
-        // Activation sockets may carry O_NONBLOCK or not; workers set it themselves.
-        let _ = socket.set_cloexec(true);
-        out.push(socket.into());
-    }
-    Ok(Some(out))
 }
 
 /// `net.ipv4.tcp_migrate_req` of this network namespace (Linux 5.14+), `None` if unknown.

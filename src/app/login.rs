@@ -1,0 +1,259 @@
+//! Logging in and out, and the protected route: reading credentials, the throttle, the
+//! same-site check. Runs in workers.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix_session::Session;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::session::Reservation;
+use error::AppError;
+
+use super::*;
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// Reads the body up to [`MAX_BODY`] and decodes JSON or a form.
+async fn read_credentials(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<Credentials, AppError> {
+    let mime = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = mime
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = match mime.as_str() {
+        "application/json" => true,
+        "application/x-www-form-urlencoded" => false,
+        _ => return Err(AppError::UnsupportedMediaType),
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(AppError::PayloadTooLarge(MAX_BODY));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                AppError::RequestTimeout
+            }
+            e => AppError::BadRequest(format!("reading body: {e}")),
+        })?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(AppError::PayloadTooLarge(MAX_BODY));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let creds: Credentials = if json {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::BadRequest(format!("invalid JSON: {e}")))?
+    } else {
+        serde_urlencoded::from_bytes(&body)
+            .map_err(|e| AppError::BadRequest(format!("invalid form: {e}")))?
+    };
+    if creds.username.is_empty()
+        || creds.username.len() > MAX_USERNAME
+        || creds.username.chars().any(char::is_control)
+    {
+        return Err(AppError::BadRequest(format!(
+            "username must be 1 to {MAX_USERNAME} bytes without control characters"
+        )));
+    }
+    if creds.password.is_empty() || creds.password.len() > MAX_PASSWORD {
+        return Err(AppError::BadRequest(format!(
+            "password must be 1 to {MAX_PASSWORD} bytes"
+        )));
+    }
+    Ok(creds)
+}
+
+fn retry_after(c: crate::session::Counter) -> AppError {
+    AppError::TooManyRequests {
+        retry_after: c.resets_in.as_secs_f64().ceil().max(1.0) as u64,
+    }
+}
+
+/// The client's network for the throttle: an IPv4 address, or the /64 of an IPv6 one (a host
+/// usually has a whole /64, and could otherwise rotate through it).
+fn client_network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Refuses a state-changing request that a browser says comes from another site (login CSRF:
+/// a page elsewhere posting a form that signs the victim in as the attacker). Browsers send
+/// `Sec-Fetch-Site`; older ones `Origin`, compared with `Host`. A request with neither (curl,
+/// programs) is not a browser's cross-site request.
+fn check_same_site(req: &HttpRequest) -> Result<(), AppError> {
+    const REFUSED: &str = "cross-site request refused";
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return match site {
+            "same-origin" | "same-site" | "none" => Ok(()),
+            _ => Err(AppError::Forbidden(REFUSED)),
+        };
+    }
+    if let Some(origin) = header("origin") {
+        let host = header("host").unwrap_or("");
+        let origin_host = origin
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .trim_end_matches('/');
+        if origin == "null" || !origin_host.eq_ignore_ascii_case(host) {
+            return Err(AppError::Forbidden(REFUSED));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /login`: JSON for programs; a form post gets a redirect back to the page.
+pub(super) async fn login(
+    req: HttpRequest,
+    payload: web::Payload,
+    session: Session,
+    state: web::Data<DemoState>,
+    thread: web::Data<ThreadStore>,
+) -> Result<HttpResponse, AppError> {
+    if page::is_form(&req) {
+        let page_state = state.clone();
+        let result = login_checked(req.clone(), payload, session, state, thread).await;
+        return Ok(page::back_to_page(&req, &page_state, result));
+    }
+    login_checked(req, payload, session, state, thread).await
+}
+
+async fn login_checked(
+    req: HttpRequest,
+    payload: web::Payload,
+    session: Session,
+    state: web::Data<DemoState>,
+    thread: web::Data<ThreadStore>,
+) -> Result<HttpResponse, AppError> {
+    check_same_site(&req)?;
+    let creds = read_credentials(&req, payload).await?;
+    let store = &thread.store;
+    let net = req
+        .peer_addr()
+        .map_or_else(|| "unknown".into(), |a| client_network(a.ip()));
+    let pair = format!("pair:{net}:{}", creds.username);
+    let names = [
+        pair.clone(),
+        format!("user:{}", creds.username),
+        format!("addr:{net}"),
+    ];
+    let limits = [PAIR_FAILURE_LIMIT, USER_FAILURE_LIMIT, ADDR_FAILURE_LIMIT];
+    // A place in the hashing pool first: a login the pool would shed is answered without
+    // touching the store.
+    use crate::scoreboard::count_login;
+    // Outcomes, by LOGIN_OUTCOMES: 0 ok, 1 failed, 2 throttled, 3 shed.
+    let place = state.hasher.place().map_err(|hasher::Busy| {
+        count_login(3);
+        AppError::Busy
+    })?;
+    // The attempt is counted before the password is checked, atomically in the shared store: of
+    // any number of concurrent guesses, at most the limit get as far as argon2. A refused
+    // attempt counts nothing, so guesses that were refused lock nobody out further.
+    let counts = match store.reserve(&names, &limits, FAILURE_WINDOW).await? {
+        Reservation::Taken(counts) => counts,
+        Reservation::Refused(at_limit) => {
+            count_login(2);
+            return Err(retry_after(at_limit));
+        }
+    };
+    let users = Arc::clone(&state.users);
+    let name = creds.username.clone();
+    let ok = match place
+        .run(move || users.verify(&name, &creds.password))
+        .await
+    {
+        Ok(ok) => ok,
+        Err(hasher::Busy) => {
+            count_login(3);
+            store.release(&names).await?;
+            return Err(AppError::Busy);
+        }
+    };
+    if !ok {
+        count_login(1);
+        tracing::info!(user = %creds.username, failures = counts[0].count, "failed login");
+        return Err(AppError::Unauthorized("invalid username or password"));
+    }
+    // Success: this network's failures for the user are forgotten; the attempt is given back
+    // to the looser counters.
+    count_login(0);
+    store.clear_counter(&pair).await?;
+    store.release(&names[1..]).await?;
+    // A new id at login: a session id planted before login is worthless after it.
+    session.renew();
+    session
+        .insert("user", &creds.username)
+        .and_then(|()| session.insert("login_at", unix_now()))
+        .map_err(|e| AppError::BadRequest(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "user": creds.username,
+        "worker_pid": state.worker.pid,
+        "worker_id": state.worker.id,
+    })))
+}
+
+pub(super) async fn me(
+    session: Session,
+    state: web::Data<DemoState>,
+) -> Result<HttpResponse, AppError> {
+    let user = session.get::<String>("user").ok().flatten();
+    let login_at = session.get::<u64>("login_at").ok().flatten();
+    let (Some(user), Some(login_at)) = (user, login_at) else {
+        return Err(AppError::Unauthorized("not logged in"));
+    };
+    if unix_now().saturating_sub(login_at) >= state.session.max_lifetime.as_secs() {
+        session.purge();
+        return Err(AppError::Unauthorized("session expired; log in again"));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "user": user,
+        "worker_pid": state.worker.pid,
+        "worker_id": state.worker.id,
+    })))
+}
+
+pub(super) async fn logout(
+    req: HttpRequest,
+    session: Session,
+    state: web::Data<DemoState>,
+) -> Result<HttpResponse, AppError> {
+    let result = check_same_site(&req).map(|()| {
+        // purge deletes the record in the store and expires the cookie.
+        session.purge();
+        HttpResponse::Ok().json(serde_json::json!({ "status": "logged out" }))
+    });
+    if page::is_form(&req) {
+        return Ok(page::back_to_page(&req, &state, result));
+    }
+    result
+}

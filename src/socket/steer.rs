@@ -1,0 +1,101 @@
+//! Steering in `per-worker` mode: the classic BPF program attached to the reuseport group that
+//! maps each new connection's hash onto a live slot's socket. Runs in the master.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::*;
+
+impl Sockets {
+    /// Attaches a program to the group that sends each new connection to a live slot's
+    /// socket, chosen by the connection's hash.
+    pub(super) fn steer(&mut self) {
+        if !self.steer {
+            return;
+        }
+        let active: Vec<u32> = (0..self.group.len())
+            .filter(|i| !self.closing.contains(&self.group[*i]))
+            .map(|i| i as u32)
+            .collect();
+        let Some(holder) = self
+            .slots
+            .iter()
+            .flatten()
+            .find(|e| !self.closing.contains(&e.serial))
+        else {
+            return;
+        };
+        if let Err(e) =
+            attach_reuseport_cbpf(holder.listener.as_raw_fd(), &steering_program(&active))
+        {
+            tracing::warn!(error = %e, "attaching the SO_REUSEPORT steering program failed; the kernel's own hash spreads connections, and a retiring slot may reset what is queued on it");
+            self.unsteer();
+        }
+    }
+
+    pub(super) fn unsteer(&mut self) {
+        self.steer = false;
+    }
+}
+
+/// A classic BPF program for `SO_ATTACH_REUSEPORT_CBPF`: the connection's hash modulo the
+/// number of live sockets, looked up in `indices` (positions in the kernel's array).
+fn steering_program(indices: &[u32]) -> Vec<nix::libc::sock_filter> {
+    use nix::libc::{
+        BPF_ABS, BPF_ALU, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_W, SKF_AD_OFF,
+        SKF_AD_RXHASH, sock_filter,
+    };
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let n = indices.len().max(1) as u32;
+    let mut prog = vec![
+        // A = skb->hash (the flow hash of the connection's addresses and ports)
+        op(
+            BPF_LD | BPF_W | BPF_ABS,
+            0,
+            0,
+            (SKF_AD_OFF + SKF_AD_RXHASH) as u32,
+        ),
+        // A %= number of live sockets
+        op(BPF_ALU | BPF_MOD | BPF_K, 0, 0, n),
+    ];
+    for (j, index) in indices.iter().enumerate() {
+        // if A == j return indices[j]
+        prog.push(op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, j as u32));
+        prog.push(op(BPF_RET | BPF_K, 0, 0, *index));
+    }
+    // Unreachable with n live sockets; an index past the array makes the kernel use its hash.
+    prog.push(op(BPF_RET | BPF_K, 0, 0, u32::MAX));
+    prog
+}
+
+/// `SO_ATTACH_REUSEPORT_CBPF` from the kernel's asm-generic/socket.h (x86-64, arm64 and most
+/// architectures; the libc crate defines it for Android only).
+const SO_ATTACH_REUSEPORT_CBPF: nix::libc::c_int = 51;
+
+/// Attaches `prog` to the SO_REUSEPORT group of `fd` (it replaces the group's program).
+fn attach_reuseport_cbpf(fd: RawFd, prog: &[nix::libc::sock_filter]) -> std::io::Result<()> {
+    let fprog = nix::libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies the program
+    // and reads exactly `len` instructions; the option's size is that of `sock_fprog`.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            fd,
+            nix::libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const nix::libc::sock_fprog).cast(),
+            std::mem::size_of::<nix::libc::sock_fprog>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
