@@ -17,20 +17,9 @@ pub struct Reloaded {
 }
 
 /// The settings a reload runs: the new file's, except what is bound or resolved once at start
-/// (addresses, sockets, users, the control socket, `--max-workers`, which sized the
-/// scoreboard), which stays as it runs.
+/// (see `ClusterConfig::keep_restart_only`), which stays as it runs.
 pub fn merge(running: &ClusterConfig, new: ClusterConfig) -> ClusterConfig {
-    ClusterConfig {
-        bind: running.bind,
-        backlog: running.backlog,
-        sockets: running.sockets,
-        user: running.user.clone(),
-        group: running.group.clone(),
-        control_socket: running.control_socket.clone(),
-        metrics_bind: running.metrics_bind,
-        max_workers: running.max_workers,
-        ..new
-    }
+    new.keep_restart_only(running).0
 }
 
 impl Cluster {

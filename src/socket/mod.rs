@@ -54,8 +54,9 @@ pub enum SocketError {
     Activation(String),
 }
 
-/// How the workers' listening sockets are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the workers' listening sockets are laid out. In a config file: the names of `--sockets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SocketMode {
     /// One `SO_REUSEPORT` socket per slot on the same address; the kernel balances.
     #[default]

@@ -1,0 +1,59 @@
+//! The command line around the options: subcommands and the flags that are not options of the
+//! service (they act before or instead of it). Runs in the master and in the CLI.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use super::Args;
+
+/// The command line. Every option can also come from the environment variable named in `--help`
+/// and from the config file under the same name without the dashes in front.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "clusterd", version, about, long_about = None)]
+pub struct Cli {
+    /// A subcommand; without one, clusterd runs the service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// How log lines look: plain (for people, also in the journal) or json (one object a line, for log shippers); flag or variable only, since logging starts before the config file is read [default: plain]
+    #[arg(long, env = "CLUSTERD_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = crate::log::Format::Plain, hide_default_value = true)]
+    pub log_format: crate::log::Format,
+    /// Check the configuration (options, config file, users file, key file, --user) and exit:
+    /// 0 if clusterd can start with it, 2 and the reason if not. Binds nothing, writes nothing.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Service options.
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// Subcommands that do something else than serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Read a password from standard input and print its argon2 hash for a users file.
+    HashPassword,
+    /// Show the master and every worker (slot, pid, state, uptime, restarts, connections,
+    /// requests, memory, heartbeat age)
+    Status {
+        /// Print the JSON document instead of the table
+        #[arg(long)]
+        json: bool,
+        /// The master's control socket [default: as the service would choose, else /run/clusterd/control.sock]
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+    },
+    /// Set the number of workers (up to --max-workers), as TTIN/TTOU do one at a time
+    Scale {
+        /// Workers wanted
+        workers: usize,
+        /// The master's control socket
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+    },
+    /// Reload: re-read the config and replace the workers (and the master, if its binary changed), as SIGHUP does
+    Reload {
+        /// The master's control socket
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+    },
+}

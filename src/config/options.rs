@@ -1,0 +1,165 @@
+//! The service's options, declared once: one struct is the command line (clap, with the
+//! environment variable of each option), and the config file (serde, the same names in
+//! kebab-case). Runs in the master (at start and on SIGHUP) and in the CLI.
+//!
+//! Values are only parsed here; ranges and combinations are checked once, on the merged
+//! options, in `validate.rs` (so a value from the file gets the same checks as a flag).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args as ClapArgs;
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::socket::SocketMode;
+
+/// Declares the options struct and its merge, so a new option is written in one place.
+macro_rules! options {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : Option<$ty:ty>, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: Option<$ty>, )*
+        }
+
+        impl $name {
+            /// Each option given here, else the one in `lower` (flags over the file).
+            pub fn or(self, lower: $name) -> $name {
+                $name { $( $field: self.$field.or(lower.$field), )* }
+            }
+        }
+    };
+}
+
+options! {
+    /// Options of the service, declared once for the command line, the environment and the
+    /// config file. `None` means "not given": a lower source or the default decides.
+    #[derive(Debug, Clone, Default, PartialEq, ClapArgs, Deserialize)]
+    #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+    pub struct Args {
+        /// Address to listen on, IPv4 or [IPv6]:port [default: 127.0.0.1:8080]
+        #[arg(long, env = "CLUSTERD_BIND", value_name = "ADDR")]
+        pub bind: Option<SocketAddr>,
+        /// Worker processes [default: CPUs available to the process]
+        #[arg(long, env = "CLUSTERD_WORKERS", value_name = "N", value_parser = parse_count)]
+        pub workers: Option<usize>,
+        /// Request-handling threads in each worker [default: 1]
+        #[arg(long, env = "CLUSTERD_THREADS", value_name = "N", value_parser = parse_count)]
+        pub threads: Option<usize>,
+        /// Seconds a stopping worker may spend finishing requests before it is killed [default: 30]
+        #[arg(long, env = "CLUSTERD_GRACEFUL_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+        pub graceful_timeout: Option<u64>,
+        /// Seconds a client has to send a whole request, head and body, before it gets 408 or is cut off [default: 10]
+        #[arg(long, env = "CLUSTERD_READ_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+        pub read_timeout: Option<u64>,
+        /// Listening sockets: per-worker (SO_REUSEPORT, kernel-balanced), shared, or per-worker-port (port + slot) [default: per-worker]
+        #[arg(long, env = "CLUSTERD_SOCKETS", value_name = "MODE")]
+        pub sockets: Option<SocketMode>,
+        /// Length of the listening socket's accept queue [default: 1024]
+        #[arg(long, env = "CLUSTERD_BACKLOG", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535))]
+        pub backlog: Option<u32>,
+        /// TOML file with any of these options (kebab-case keys); re-read on SIGHUP
+        #[arg(long, env = "CLUSTERD_CONFIG", value_name = "FILE")]
+        #[serde(skip)]
+        pub config: Option<PathBuf>,
+        /// Redis URL for sessions: redis://, rediss://, redis+sentinel://host:port,.../SERVICE[/DB] or redis+cluster://host:port,...; without it sessions use the embedded store
+        #[arg(long, env = "REDIS_URL", value_name = "URL")]
+        pub redis_url: Option<String>,
+        /// Prefix of the Redis keys that hold sessions [default: clusterd:session:]
+        #[arg(long, env = "CLUSTERD_SESSION_PREFIX", value_name = "PREFIX")]
+        pub session_prefix: Option<String>,
+        /// Directory for the embedded session store and a generated key [default: $STATE_DIRECTORY, else ./clusterd-data]
+        #[arg(long, env = "CLUSTERD_DATA_DIR", value_name = "DIR")]
+        pub data_dir: Option<PathBuf>,
+        /// File holding the cookie key (64 bytes or more), shared by every host [default: generated in the data dir]
+        #[arg(long, env = "CLUSTERD_SESSION_KEY_FILE", value_name = "FILE")]
+        pub session_key_file: Option<PathBuf>,
+        /// Mark the session cookie Secure (only sent over HTTPS, and to localhost) [default: true]
+        #[arg(long, env = "CLUSTERD_COOKIE_SECURE", value_name = "BOOL")]
+        pub cookie_secure: Option<bool>,
+        /// Name of the session cookie [default: clusterd_session]
+        #[arg(long, env = "CLUSTERD_COOKIE_NAME", value_name = "NAME")]
+        pub cookie_name: Option<String>,
+        /// Seconds a session lives without being used; every use renews it [default: 1800]
+        #[arg(long, env = "CLUSTERD_SESSION_IDLE_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+        pub session_idle_timeout: Option<u64>,
+        /// Seconds after login when a session ends however much it is used [default: 86400]
+        #[arg(long, env = "CLUSTERD_SESSION_MAX_LIFETIME", value_name = "SECS", value_parser = parse_secs)]
+        pub session_max_lifetime: Option<u64>,
+        /// Users file: one `name:argon2-hash` per line [default: the demo user alice / wonderland]
+        #[arg(long, env = "CLUSTERD_USERS", value_name = "FILE")]
+        pub users: Option<PathBuf>,
+        /// When started as root: user the workers run as
+        #[arg(long, env = "CLUSTERD_USER", value_name = "USER")]
+        pub user: Option<String>,
+        /// When started as root: group the workers run as [default: the user's group]
+        #[arg(long, env = "CLUSTERD_GROUP", value_name = "GROUP")]
+        pub group: Option<String>,
+        /// Durable logins: a new session must reach this many Redis replicas (WAIT, 300 ms) before the login answers, else 503; not with redis+cluster [default: 0]
+        #[arg(long, env = "CLUSTERD_REDIS_WAIT_REPLICAS", value_name = "N")]
+        pub redis_wait_replicas: Option<u32>,
+        /// Unix socket of the master for `clusterd status|scale|reload` (mode 0600) [default: $RUNTIME_DIRECTORY/control.sock, else control.sock in the data dir]
+        #[arg(long, env = "CLUSTERD_CONTROL_SOCKET", value_name = "PATH")]
+        pub control_socket: Option<PathBuf>,
+        /// Serve Prometheus metrics at /metrics (and the dashboard at /) on this address, from the workers [default: off]
+        #[arg(long, env = "CLUSTERD_METRICS_BIND", value_name = "ADDR")]
+        pub metrics_bind: Option<SocketAddr>,
+        /// Seconds without a heartbeat from a worker's thread before it counts as hung and is replaced (SIGABRT, then SIGKILL) [default: 30]
+        #[arg(long, env = "CLUSTERD_WORKER_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
+        pub worker_timeout: Option<u64>,
+        /// Replace a worker after it answered this many requests, like a rolling restart; 0 = never [default: 0]
+        #[arg(long, env = "CLUSTERD_MAX_REQUESTS", value_name = "N")]
+        pub max_requests: Option<u64>,
+        /// Add a random 0..=J to each worker's --max-requests, so workers are not recycled together [default: 0]
+        #[arg(long, env = "CLUSTERD_MAX_REQUESTS_JITTER", value_name = "J")]
+        pub max_requests_jitter: Option<u64>,
+        /// Replace a worker whose resident memory stays above this many MiB for 3 samples (a second apart); 0 = never [default: 0]
+        #[arg(long, env = "CLUSTERD_MAX_WORKER_MEMORY", value_name = "MIB")]
+        pub max_worker_memory: Option<u64>,
+        /// Most workers TTIN or `clusterd scale` may ask for [default: 4 per CPU, at least 16]
+        #[arg(long, env = "CLUSTERD_MAX_WORKERS", value_name = "N", value_parser = parse_count)]
+        pub max_workers: Option<usize>,
+    }
+}
+
+/// A count of workers or threads (checked again, with the same words, in `validate.rs`).
+pub(super) fn parse_count(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|e: std::num::ParseIntError| e.to_string())?;
+    super::validate::count(n)
+}
+
+/// A number of seconds (checked again in `validate.rs`).
+pub(super) fn parse_secs(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|e: std::num::ParseIntError| e.to_string())?;
+    super::validate::secs(n)
+}
+
+impl Args {
+    /// The options in a TOML file. A bad key or value names the line it is on.
+    pub fn from_file(path: &Path) -> Result<Args, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            let at = e.span().map_or(String::new(), |s| {
+                let line = text[..s.start].matches('\n').count();
+                let shown = text.lines().nth(line).unwrap_or("").trim();
+                format!(" (line {}: {shown})", line + 1)
+            });
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.message().to_string() + &at,
+            }
+        })
+    }
+}

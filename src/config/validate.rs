@@ -1,0 +1,186 @@
+//! From options to a validated [`Config`]: every default, range and combination, once, for
+//! whatever source a value came from. Pure; runs in the master and the CLI.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{
+    Args, ClusterConfig, Config, ConfigError, DEFAULT_BIND, DEFAULT_COOKIE_NAME,
+    DEFAULT_SESSION_PREFIX, SessionConfig,
+};
+
+/// A count of workers or threads: 1 to 1024.
+pub(super) fn count(n: usize) -> Result<usize, String> {
+    match n {
+        0 => Err("must be at least 1".into()),
+        n if n > 1024 => Err("must be at most 1024".into()),
+        n => Ok(n),
+    }
+}
+
+/// A number of seconds: 1 s to a year.
+pub(super) fn secs(n: u64) -> Result<u64, String> {
+    match n {
+        0 => Err("must be at least 1 second".into()),
+        n if n > 365 * 24 * 3600 => Err("must be at most a year".into()),
+        n => Ok(n),
+    }
+}
+
+/// The default `--max-workers`: 4 per CPU, at least 16.
+pub(super) fn default_max_workers() -> usize {
+    (4 * cpus()).max(16)
+}
+
+/// CPUs available to this process: the default `--workers`.
+pub(super) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+fn invalid(option: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { option, message }
+}
+
+fn pick_count(
+    option: &'static str,
+    n: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    n.map_or(Ok(default), |n| count(n).map_err(|m| invalid(option, m)))
+}
+
+fn pick_secs(option: &'static str, n: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    let n = n.map_or(Ok(default), |n| secs(n).map_err(|m| invalid(option, m)))?;
+    Ok(Duration::from_secs(n))
+}
+
+const REDIS_SCHEMES: [&str; 6] = [
+    "redis://",
+    "rediss://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+];
+
+impl Config {
+    /// The configuration the merged options describe. `state_directory` is systemd's
+    /// `$STATE_DIRECTORY`, passed in so this stays pure.
+    pub fn from_args(a: Args, state_directory: Option<&Path>) -> Result<Config, ConfigError> {
+        let bind = a
+            .bind
+            .unwrap_or_else(|| DEFAULT_BIND.parse().expect("default address parses"));
+        let workers = pick_count("workers", a.workers, cpus())?;
+        let threads = pick_count("threads", a.threads, 1)?;
+        let max_workers = pick_count("max-workers", a.max_workers, default_max_workers())?;
+        if workers > max_workers {
+            return Err(invalid(
+                "workers",
+                format!("{workers} is more than --max-workers ({max_workers})"),
+            ));
+        }
+        let backlog = a.backlog.unwrap_or(1024);
+        if !(1..=65535).contains(&backlog) {
+            return Err(invalid("backlog", "must be between 1 and 65535".into()));
+        }
+        let idle = pick_secs("session-idle-timeout", a.session_idle_timeout, 1800)?;
+        let max = pick_secs("session-max-lifetime", a.session_max_lifetime, 86_400)?;
+        if max < idle {
+            return Err(invalid(
+                "session-max-lifetime",
+                format!(
+                    "{}s is shorter than the idle timeout ({}s)",
+                    max.as_secs(),
+                    idle.as_secs()
+                ),
+            ));
+        }
+        let cookie_name = a.cookie_name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.into());
+        if cookie_name.is_empty()
+            || !cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "cookie-name",
+                "use letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        let redis_url = a.redis_url.filter(|u| !u.is_empty());
+        if let Some(url) = &redis_url
+            && !REDIS_SCHEMES.iter().any(|s| url.starts_with(s))
+        {
+            return Err(invalid(
+                "redis-url",
+                format!("must start with {}", REDIS_SCHEMES.join(", ")),
+            ));
+        }
+        let wait_replicas = a.redis_wait_replicas.unwrap_or(0);
+        if wait_replicas > 0 {
+            match &redis_url {
+                None => {
+                    return Err(invalid(
+                        "redis-wait-replicas",
+                        "needs --redis-url (the embedded store has no replicas)".into(),
+                    ));
+                }
+                Some(u) if u.contains("+cluster://") => {
+                    return Err(invalid(
+                        "redis-wait-replicas",
+                        "is not supported with redis+cluster://".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if a.group.is_some() && a.user.is_none() {
+            return Err(invalid("group", "needs --user as well".into()));
+        }
+        if a.metrics_bind.is_some_and(|m| m.port() != 0 && m == bind) {
+            return Err(invalid(
+                "metrics-bind",
+                "must not be the public --bind address".into(),
+            ));
+        }
+        let data_dir = a
+            .data_dir
+            .or_else(|| state_directory.map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("clusterd-data"));
+        Ok(Config {
+            cluster: ClusterConfig {
+                bind,
+                workers,
+                threads,
+                graceful_timeout: pick_secs("graceful-timeout", a.graceful_timeout, 30)?,
+                read_timeout: pick_secs("read-timeout", a.read_timeout, 10)?,
+                sockets: a.sockets.unwrap_or_default(),
+                backlog,
+                user: a.user,
+                group: a.group,
+                control_socket: a.control_socket,
+                metrics_bind: a.metrics_bind,
+                worker_timeout: pick_secs("worker-timeout", a.worker_timeout, 30)?,
+                max_requests: a.max_requests.unwrap_or(0),
+                max_requests_jitter: a.max_requests_jitter.unwrap_or(0),
+                max_worker_memory: a.max_worker_memory.unwrap_or(0).saturating_mul(1 << 20),
+                max_workers,
+            },
+            session: SessionConfig {
+                redis_url,
+                prefix: a
+                    .session_prefix
+                    .unwrap_or_else(|| DEFAULT_SESSION_PREFIX.into()),
+                data_dir,
+                key_file: a.session_key_file,
+                cookie_secure: a.cookie_secure.unwrap_or(true),
+                cookie_name,
+                idle_timeout: idle,
+                max_lifetime: max,
+                users_file: a.users,
+                wait_replicas,
+            },
+            file: a.config,
+        })
+    }
+}
