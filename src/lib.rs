@@ -9,13 +9,15 @@
 //!            clusterd master          one thread, no tokio: socket table, worker slots,
 //!             |   |   |   |            signals, sd_notify, restart policy  (master/)
 //!          worker worker worker ...    each: own runtime + actix-web on its slot's socket,
-//!                                      own Redis connection  (worker.rs)
+//!                                      own Redis connection  (worker/)
 //! ```
 //!
 //! The master opens the listening sockets ([`socket`]: by default one `SO_REUSEPORT` socket per
 //! worker slot, so the kernel balances connections), forks [`ClusterConfig::workers`] workers
 //! ([`process::spawn`]) and then only waits: for signals (read from a signalfd, see
-//! [`signals`]), for workers reporting ready (a byte on a pipe), and for children to reap.
+//! [`signals`]), for workers reporting ready (a byte on a pipe), for control clients, and for
+//! children to reap. Every decision it takes on those events is a pure function of its state
+//! and the time ([`master::cluster`]); the loop around them does the system calls.
 //! ARCHITECTURE.md in the repository explains the fork rules and the socket table.
 //!
 //! # Signals of the master
@@ -26,6 +28,7 @@
 //! | QUIT          | fast stop: close connections now, exit 0                                  |
 //! | HUP           | re-read the config file, then replace workers one at a time              |
 //! | TTIN / TTOU   | one worker more / fewer (never below one)                                 |
+//! | USR1, USR2    | ignored, with a log line (never fatal)                                    |
 //!
 //! A signal sent to one worker affects that worker only: TERM or HUP make it finish its
 //! requests and exit (the master replaces it in the same slot), QUIT makes it exit now, INT is

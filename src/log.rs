@@ -26,7 +26,7 @@ static ROLE: RwLock<String> = RwLock::new(String::new());
 /// the same syntax (`info,actix_server=info`).
 const DEFAULT_FILTER: &str = "info,actix_server=warn,actix_session=warn";
 
-/// Set by a worker that shut its listening socket down on purpose (see `worker.rs`, retiring a
+/// Set by a worker that shut its listening socket down on purpose (see `worker/`, retiring a
 /// slot): actix's accept thread may then try to accept on it once more and log the `EINVAL` as
 /// an error, which would read as a fault in the journal. Only that one kind of event is dropped.
 static ACCEPT_ERROR_EXPECTED: AtomicBool = AtomicBool::new(false);

@@ -1,7 +1,7 @@
 //! Talking to systemd: `sd_notify` from the master (READY, STATUS, RELOADING, STOPPING,
 //! WATCHDOG). Runs in the master; [`forget_in_child`] runs in a new worker so that only the
 //! master can ever notify (the unit also says `NotifyAccess=main`). Socket activation lives in
-//! `socket.rs`.
+//! `socket/`.
 //!
 //! Without `NOTIFY_SOCKET` every call is a no-op, so the same code runs under a terminal.
 

@@ -30,7 +30,7 @@ impl<A: WorkerApp> Master<A> {
                 Action::CloseSlot { id, pid, slot } => {
                     // The master closes its copy first; the worker, then the socket's last
                     // holder, is told with SIGUSR1 to shut it while still accepting (see
-                    // `worker.rs`). Where the socket stays (shared, from systemd): SIGTERM.
+                    // `worker/`). Where the socket stays (shared, from systemd): SIGTERM.
                     let serial = self.sockets.close_slot(slot);
                     self.cluster.closing_socket(id, serial);
                     let sig = if serial.is_some() {

@@ -1,5 +1,5 @@
 //! What of the cluster crosses `execve` on an upgrade, and how the new image takes it over.
-//! Pure; runs in the master. The descriptors that go with it are the edge's (`upgrade.rs`).
+//! Pure; runs in the master. The descriptors that go with it are the edge's (`upgrade/`).
 //!
 //! Workers cross as they are ([`Worker`] is serde), with their times on `CLOCK_MONOTONIC`,
 //! which the next image reads the same.

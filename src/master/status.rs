@@ -89,6 +89,8 @@ pub fn document(c: &Cluster, seen: &[Seen], pid: i32, now: Ms) -> serde_json::Va
             "max_workers": c.config.max_workers,
             "restarts": c.restarts,
             "reloading": c.reloading(),
+            "generation": c.generation,
+            "note": c.note,
             "status": c.status_line(),
             "version": env!("CARGO_PKG_VERSION"),
         },

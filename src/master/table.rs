@@ -2,7 +2,7 @@
 //! Data and queries only; runs in the master.
 //!
 //! A slot is a worker's place in the cluster, numbered from 0: it owns a listening socket (see
-//! `socket.rs`) and survives its workers. A crashed worker's replacement, and the new worker of a
+//! `socket/`) and survives its workers. A crashed worker's replacement, and the new worker of a
 //! rolling restart, take the same slot, so they accept on the same socket.
 //!
 //! [`Worker`] is also what crosses `execve` on an upgrade (serde): there is one definition of a

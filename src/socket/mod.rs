@@ -19,7 +19,7 @@
 //! master also chooses which socket the kernel gives each new connection: a classic BPF program
 //! attached to the group (`SO_ATTACH_REUSEPORT_CBPF`) maps the connection's hash onto the
 //! sockets of live slots only. A retiring slot is taken out of the program first; its worker
-//! keeps accepting until its queue is empty and only then shuts the socket down (`worker.rs`).
+//! keeps accepting until its queue is empty and only then shuts the socket down (`worker/serve.rs`).
 //! The program returns indices into the kernel's array of the group's sockets, which the master
 //! mirrors: a socket is appended when it starts listening, and a leaving one is replaced by the
 //! last. An index the kernel no longer has makes it fall back to its own hash over the sockets

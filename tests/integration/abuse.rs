@@ -528,7 +528,12 @@ fn a_soak_of_200_kills_under_load_refuses_no_connection() {
     for i in 0..200 {
         let victim = c.workers()[i % 2];
         signal(victim, nix::sys::signal::Signal::SIGKILL);
-        c.wait_log_count(Duration::from_secs(20), "worker ready", 3 + i);
+        c.wait_status(Duration::from_secs(20), "the victim replaced", |d| {
+            let w = d["workers"].as_array().unwrap();
+            w.len() == 2
+                && w.iter()
+                    .all(|w| w["state"] == "ready" && w["pid"].as_i64() != Some(i64::from(victim)))
+        });
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in clients {

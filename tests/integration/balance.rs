@@ -166,7 +166,7 @@ fn ttin_adds_a_slot_whose_socket_new_connections_reach() {
     let c = Clusterd::start(Opts::default().workers(2));
     no_failure_while(&c, || {
         c.signal(Signal::SIGTTIN);
-        c.wait_log_count(T, "worker ready", 3);
+        c.wait_status(T, "three ready workers", |d| d["master"]["workers"] == 3);
     });
     assert_eq!(listening_inodes(c.port).len(), 3);
     assert_spread(&burst(c.addr, 48), 3, 4, 32);
@@ -188,8 +188,9 @@ fn hup_hands_each_slot_socket_to_the_replacement() {
         .map(|w| (holds(w, &sockets)[0], w))
         .collect();
     no_failure_while(&c, || {
+        let g = c.generation();
         c.signal(Signal::SIGHUP);
-        c.wait_log(T, "reload complete");
+        c.wait_reloaded(T, g);
     });
     assert_eq!(
         listening_inodes(c.port),

@@ -135,7 +135,7 @@ fn a_crash_loop_backs_off_and_recovers() {
     );
     assert!(c.log_text().contains("failed to boot (code 3)"));
     std::fs::remove_file(&flag).unwrap();
-    c.wait_log_count(Duration::from_secs(20), "all workers ready", 2);
+    c.wait_ready(Duration::from_secs(20));
     assert_eq!(c.get("/healthz").status, 200);
 }
 
@@ -226,10 +226,10 @@ fn hup_replaces_every_worker_without_a_failed_request() {
     let old = c.workers();
     let stop = Arc::new(AtomicBool::new(false));
     let loops = request_loop(c.addr, "/healthz", Vec::new(), 4, stop.clone());
-    c.wait_log(T, "worker ready"); // already true; the loop is running
     std::thread::sleep(Duration::from_millis(300));
+    let g = c.generation();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "reload complete");
+    c.wait_reloaded(T, g);
     eventually(T, "old workers gone", || {
         old.iter().all(|p| !exists(*p)).then_some(())
     });
@@ -293,8 +293,9 @@ fn hup_rereads_the_config_file() {
     }
     // The harness passes --workers, which wins over the file; threads come from the file.
     std::fs::write(&file, "threads = 2\nbacklog = 77\n").unwrap();
+    let g = c.generation();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "reload complete");
+    c.wait_reloaded(T, g);
     assert!(
         c.log_text()
             .contains("takes effect after a full restart setting=\"backlog\""),
@@ -316,7 +317,7 @@ fn hup_rereads_the_config_file() {
     let before = c.workers();
     std::fs::write(&file, "threads = \"many\"\n").unwrap();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "config reload failed");
+    c.wait_note(T, "reload failed");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.workers(), before);
     assert_eq!(c.get("/healthz").status, 200);
@@ -334,7 +335,7 @@ fn hup_keeps_the_old_workers_when_the_new_ones_cannot_start() {
     let before = c.workers();
     std::fs::write(&flag, "4").unwrap();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "reload aborted");
+    c.wait_note(T, "reload aborted");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.workers(), before, "old workers kept");
     assert!(alive(c.pid()), "a failed reload does not stop the master");
@@ -357,7 +358,7 @@ fn an_aborted_reload_leaves_the_running_settings_for_later_workers() {
     std::fs::write(&file, "threads = 2\n").unwrap();
     std::fs::write(&flag, "3").unwrap();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "reload aborted");
+    c.wait_note(T, "reload aborted");
     std::fs::remove_file(&flag).unwrap();
     // ...and a worker forked later, to replace a crashed one, runs with the settings in force.
     let victim = c.workers()[0];
@@ -366,7 +367,13 @@ fn an_aborted_reload_leaves_the_running_settings_for_later_workers() {
         let w = c.workers();
         (w.len() == 2 && !w.contains(&victim)).then(|| w.into_iter().max().unwrap())
     });
-    c.wait_log_count(T, "worker ready", 3);
+    c.wait_status(T, "the replacement ready", |d| {
+        d["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["pid"].as_i64() == Some(i64::from(replacement)) && w["state"] == "ready")
+    });
     assert_eq!(
         server_threads(replacement),
         1,

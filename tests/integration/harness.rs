@@ -370,6 +370,8 @@ pub struct Clusterd {
     pub child: Child,
     pub log: PathBuf,
     pub data: PathBuf,
+    /// The master's control socket.
+    pub control: PathBuf,
     _dir: Option<TempDir>,
 }
 
@@ -543,16 +545,23 @@ impl Clusterd {
             });
         }
         let child = cmd.spawn().expect("starting clusterd");
+        let control = opts
+            .args
+            .iter()
+            .position(|a| a == "--control-socket")
+            .and_then(|i| opts.args.get(i + 1))
+            .map_or_else(|| data.join("control.sock"), PathBuf::from);
         let c = Clusterd {
             port,
             addr,
             child,
             log,
             data,
+            control,
             _dir: Some(dir),
         };
         if opts.wait_ready {
-            c.wait_log(Duration::from_secs(20), "all workers ready");
+            c.wait_ready(Duration::from_secs(20));
         }
         c
     }
@@ -563,11 +572,10 @@ impl Clusterd {
 
     /// Runs `clusterd ARGS --control-socket <the master's>`: (exit code, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let sock = self.data.join("control.sock");
         let out = Command::new(BIN)
             .args(args)
             .arg("--control-socket")
-            .arg(&sock)
+            .arg(&self.control)
             .output()
             .unwrap();
         (
@@ -584,6 +592,42 @@ impl Clusterd {
         serde_json::from_str(&out).unwrap()
     }
 
+    /// Waits until every wanted worker serves and no rollout is under way, as
+    /// `clusterd status --json` tells it (failing early if the master exits).
+    pub fn wait_ready(&self, timeout: Duration) -> serde_json::Value {
+        self.wait_status(timeout, "every wanted worker ready", |d| {
+            let m = &d["master"];
+            m["workers"] == m["target"] && m["reloading"] == false
+        })
+    }
+
+    /// The generation of the running settings: it grows by one with every rollout that
+    /// completes (a reload, an upgrade, a recycle).
+    pub fn generation(&self) -> u64 {
+        self.status()["master"]["generation"].as_u64().unwrap()
+    }
+
+    /// Waits until a rollout begun after `since` (a [`Clusterd::generation`]) completed and
+    /// every wanted worker serves.
+    pub fn wait_reloaded(&self, timeout: Duration, since: u64) -> serde_json::Value {
+        self.wait_status(timeout, "a completed rollout", |d| {
+            let m = &d["master"];
+            m["generation"].as_u64() > Some(since)
+                && m["workers"] == m["target"]
+                && m["reloading"] == false
+        })
+    }
+
+    /// Waits until the master's note (why the last reload or upgrade failed) starts with
+    /// `prefix`.
+    pub fn wait_note(&self, timeout: Duration, prefix: &str) -> serde_json::Value {
+        self.wait_status(timeout, prefix, |d| {
+            d["master"]["note"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+    }
+
     /// Waits until `clusterd status --json` satisfies `done`, and returns that document.
     pub fn wait_status(
         &self,
@@ -592,6 +636,12 @@ impl Clusterd {
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         eventually(timeout, what, || {
+            if let Some(status) = self.child_status() {
+                panic!(
+                    "clusterd exited ({status}) while waiting for {what}; log:\n{}",
+                    self.log_text()
+                );
+            }
             let (code, out, _) = self.ctl(&["status", "--json"]);
             let doc: serde_json::Value = serde_json::from_str(&out).ok()?;
             (code == Some(0) && done(&doc)).then_some(doc)
@@ -706,7 +756,15 @@ impl Clusterd {
 
 impl Drop for Clusterd {
     fn drop(&mut self) {
-        // Kill the whole group (master and workers) by its id, then reap the master.
+        // A graceful stop first, as an operator would, for at most 3 s (a stopped or hung
+        // worker may not go); then the whole group (master and workers) by its id, and reap.
+        if self.child_status().is_none() {
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.child_status().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();

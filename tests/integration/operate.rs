@@ -177,7 +177,10 @@ fn max_requests_recycles_workers_without_a_failed_request() {
     let c = Clusterd::start(Opts::default().workers(2).arg("--max-requests").arg("300"));
     let stop = Arc::new(AtomicBool::new(false));
     let loops = request_loop(c.addr, "/healthz", Vec::new(), 4, stop.clone());
-    c.wait_log_count(T, "recycling complete", 3);
+    let g = c.generation();
+    c.wait_status(T, "three recycles", |d| {
+        d["master"]["generation"].as_u64() >= Some(g + 3) && d["master"]["reloading"] == false
+    });
     stop.store(true, Ordering::Relaxed);
     let stats = join_loops(loops);
     stats.assert_clean(600);
@@ -243,8 +246,9 @@ fn metrics_are_served_on_their_own_address_from_every_worker() {
 fn log_format_json_writes_one_object_a_line() {
     let c = Clusterd::start(Opts::default().workers(2).arg("--log-format").arg("json"));
     assert_eq!(c.get("/healthz").status, 200);
+    let g = c.generation();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "reload complete");
+    c.wait_reloaded(T, g);
     let text = c.log_text();
     let mut roles = std::collections::HashSet::new();
     for line in text.lines() {

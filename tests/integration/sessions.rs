@@ -105,12 +105,13 @@ fn session_survives_restarts(redis: Option<&Redis>) {
     eventually(T, "replacement", || {
         (c.workers().len() == 2 && !c.workers().contains(&victim)).then_some(())
     });
-    c.wait_log_count(T, "all workers ready", 2);
+    c.wait_ready(T);
     assert_logged_in_everywhere(&c, &cookie);
 
     // A rolling restart.
+    let g = c.generation();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "reload complete");
+    c.wait_reloaded(T, g);
     assert_logged_in_everywhere(&c, &cookie);
 
     // A master restart on the same data dir (and Redis): the generated key is kept.

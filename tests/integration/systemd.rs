@@ -120,6 +120,7 @@ fn the_master_alone_notifies_ready_status_reloading_watchdog_and_stopping() {
 
     // HUP: RELOADING=1 with the monotonic timestamp, then READY=1 again.
     let before = m.all().len();
+    let g = c.generation();
     c.signal(Signal::SIGHUP);
     let reloading = m.wait(before, "RELOADING=1");
     assert!(
@@ -131,8 +132,10 @@ fn the_master_alone_notifies_ready_status_reloading_watchdog_and_stopping() {
 
     // A restart shows in the status line (once the retired workers are gone, so the victim is
     // a serving one).
-    c.wait_log(T, "reload complete");
-    c.wait_log_count(T, "worker stopped", 2);
+    c.wait_reloaded(T, g);
+    c.wait_status(T, "the retired workers gone", |d| {
+        d["workers"].as_array().unwrap().len() == 2
+    });
     let victim = c.workers()[0];
     signal(victim, Signal::SIGKILL);
     m.wait(0, "1 restarts");
@@ -201,8 +204,9 @@ fn a_reload_with_a_broken_config_still_answers_the_service_manager() {
     assert_eq!(c.get("/healthz").status, 200);
     // A good file afterwards reloads as usual and clears the error from the status.
     std::fs::write(&file, "threads = 1\n").unwrap();
+    let g = c.generation();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "reload complete");
+    c.wait_reloaded(T, g);
     let done = m.wait(answer + 1, "READY=1");
     assert!(!m.all()[done].1.contains("failed"), "{:?}", m.all()[done]);
 }
@@ -221,7 +225,7 @@ fn socket_activation_adopts_the_passed_socket() {
         request(c.addr, "GET", "/healthz", &[], b"").ok()
     });
     assert_eq!(first.status, 200);
-    c.wait_log(T, "all workers ready");
+    c.wait_ready(T);
     assert!(
         c.log_text().contains("using the socket passed by systemd"),
         "{}",
@@ -239,8 +243,9 @@ fn socket_activation_adopts_the_passed_socket() {
     let r = request(c.addr, "GET", "/me", &[("cookie", &cookie)], b"").unwrap();
     assert_eq!(r.status, 200);
     // A reload keeps serving on the adopted socket (new workers inherit it from the master).
+    let g = c.generation();
     c.signal(Signal::SIGHUP);
-    c.wait_log(T, "reload complete");
+    c.wait_reloaded(T, g);
     assert_eq!(c.get("/healthz").status, 200);
 }
 
