@@ -25,7 +25,17 @@ impl<A: WorkerApp> Master<A> {
         while let Some(action) = queue.pop_front() {
             let mut more = Vec::new();
             match action {
+                // A stop or a failed fork earlier in this queue: this fork is not wanted now.
+                Action::Spawn(spawn) if self.cluster.stopping() => {
+                    self.cluster.table.remove(spawn.id);
+                }
                 Action::Spawn(spawn) => self.spawn(*spawn, now, &mut more),
+                // Only to a worker still in the table: never to a pid reaped meanwhile.
+                Action::Signal { id, pid, .. } | Action::CloseSlot { id, pid, .. }
+                    if self.cluster.table.get(id).is_none_or(|w| w.pid != pid) =>
+                {
+                    tracing::debug!(worker = id, pid, "not signalling a worker already reaped");
+                }
                 Action::Signal { id, pid, sig } => signal(id, pid, sig),
                 Action::CloseSlot { id, pid, slot } => {
                     // The master closes its copy first; the worker, then the socket's last
@@ -50,6 +60,7 @@ impl<A: WorkerApp> Master<A> {
                 Action::Notify(Notify::Ready(line)) => self.notifier.ready(&line),
                 Action::Notify(Notify::Reloading) => self.notifier.reloading(),
                 Action::Notify(Notify::Stopping) => self.notifier.stopping(),
+                Action::Reload if self.cluster.stopping() => {}
                 Action::Reload => self.reload(now, &mut more),
                 Action::KillCheck => {
                     if let Some(c) = &self.check {
@@ -224,9 +235,17 @@ impl<A: WorkerApp> Master<A> {
             }
         }
         let me = std::process::id() as i32;
+        let board = self.board.board();
         state.cluster.workers.retain(|w| {
             let ours = observe::parent(w.pid) == Some(me);
             if !ours {
+                if let Some(r) = w
+                    .record
+                    .and_then(|i| board.records.get(i))
+                    .filter(|_| board_kept)
+                {
+                    r.pid.store(0, std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::warn!(
                     worker = w.id,
                     pid = w.pid,

@@ -266,6 +266,11 @@ impl Cluster {
                 closing: None,
             },
         };
+        if sig == Signal::SIGKILL
+            && let WorkerPhase::Stopping { killed, .. } = &mut w.phase
+        {
+            *killed = true;
+        }
         if w.pid > 0 {
             out.push(Action::Signal {
                 id,
@@ -325,7 +330,13 @@ impl Cluster {
             }
             // A worker that stops before its slot went away reports nothing to take back.
             (Message::SocketClosed, _) => {}
-            (Message::Ready | Message::Garbage(_) | Message::Flood(_), phase) => {
+            // Told to stop while it booted: it still reports ready once on its way out.
+            (Message::Ready, WorkerPhase::Stopping { .. }) => {}
+            // Already being replaced (for this or another reason): nothing more to say.
+            (Message::Garbage(_) | Message::Flood(_), WorkerPhase::Stopping { .. }) => {
+                out.push(Action::DropPipe(id));
+            }
+            (Message::Ready | Message::Garbage(_) | Message::Flood(_), _) => {
                 let what = match msg {
                     Message::Garbage(b) => format!("sent the byte {b:#04x}"),
                     Message::Flood(n) => format!("sent {n} bytes at once"),
@@ -337,10 +348,13 @@ impl Cluster {
                     "worker broke the pipe protocol ({what}); ignoring its pipe and replacing it"
                 );
                 out.push(Action::DropPipe(id));
-                if !matches!(phase, WorkerPhase::Stopping { .. }) {
-                    let grace = self.config.graceful_timeout + KILL_MARGIN;
-                    self.retire(id, Signal::SIGTERM, grace, now, out);
-                }
+                // Counted as a failure, so a worker that breaks it at every boot backs off.
+                let (slot, ready, uptime) = (w.slot, w.is_ready(), now.since(w.started));
+                self.count_restart(slot);
+                let delay = self.backoff.on_death(ready, uptime);
+                self.delay(delay, now);
+                let grace = self.config.graceful_timeout + KILL_MARGIN;
+                self.retire(id, Signal::SIGTERM, grace, now, out);
             }
         }
     }
@@ -389,12 +403,11 @@ impl Cluster {
         let young = w
             .ready_since()
             .is_none_or(|at| now.since(at) < self.backoff.min_uptime);
-        if young
-            && self
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.generation == w.generation)
-        {
+        let of_rollout = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.generation == w.generation);
+        if young && of_rollout {
             tracing::error!(worker = w.id, pid, cause = %cause, "a new worker died right after it was ready; reload aborted, the workers not yet replaced keep serving, the slot gets the running configuration");
             self.abort(&format!("a new worker {cause}"), now, out);
         }
@@ -403,6 +416,8 @@ impl Cluster {
             return;
         }
         match death.policy() {
+            // The rollout's settings were rejected, not the running ones: it was aborted.
+            Policy::Halt if of_rollout => self.count_restart(w.slot),
             Policy::Halt => {
                 tracing::error!(worker = w.id, pid, cause = %cause, "worker cannot run with this configuration; stopping clusterd instead of retrying");
                 self.stop(false, Some(Halt::WorkerConfig(w.id)), now, out);
@@ -447,40 +462,5 @@ impl Cluster {
         }
         self.note = Some(format!("reload aborted: {why}"));
         out.push(Action::Notify(Notify::Ready(self.status_line())));
-    }
-
-    /// Starts a rollout of `config`. One under way is replaced, but the replacements it has
-    /// booting are carried over: each still retires its old worker once ready, and is itself
-    /// an old worker of the new rollout.
-    pub fn roll(&mut self, why: Why, config: ClusterConfig, restore_target: usize) {
-        let carried: Vec<(u64, u64)> = self
-            .pending
-            .take()
-            .map(|p| p.replacing)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(new, _)| self.table.is_live(*new))
-            .collect();
-        let old: Vec<u64> = self
-            .table
-            .live()
-            .map(|w| w.id)
-            .filter(|id| !carried.iter().any(|(_, old)| old == id))
-            .collect();
-        if why != Why::Recycle {
-            tracing::info!(
-                workers = old.len() + carried.len(),
-                "reload: replacing workers one at a time"
-            );
-        }
-        self.generations += 1;
-        self.pending = Some(Pending {
-            generation: self.generations,
-            why,
-            config,
-            old,
-            replacing: carried,
-            restore_target,
-        });
     }
 }

@@ -22,7 +22,7 @@ const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
 /// Clients accepted in one turn of the loop (the rest wait in the listen queue).
 const ACCEPT_PER_TURN: usize = 16;
 /// Clients open at once; one more is closed at once.
-const MAX_CLIENTS: usize = 64;
+const MAX_CLIENTS: usize = 128;
 /// The longest request line.
 const MAX_LINE: usize = 4096;
 

@@ -34,12 +34,12 @@ pub struct Seen {
     pub heartbeat_age_ms: Option<u64>,
     /// Stopped (SIGSTOP, a debugger): a SIGABRT would wait, so it gets SIGKILL.
     pub stopped: bool,
-    /// Resident memory in bytes.
-    pub rss: u64,
-    /// Requests answered.
-    pub requests: u64,
-    /// Connections open.
-    pub connections: u64,
+    /// Resident memory in bytes, if `/proc` tells.
+    pub rss: Option<u64>,
+    /// Requests answered, if it has a scoreboard record.
+    pub requests: Option<u64>,
+    /// Connections open, if it has a scoreboard record.
+    pub connections: Option<u64>,
 }
 
 /// Kills what overstayed. `seen` is the latest observation, when one was made this turn.
@@ -151,7 +151,7 @@ pub fn recycle(c: &mut Cluster, seen: &[Seen], now: Ms) {
             continue;
         };
         if count_memory {
-            w.over_memory = if limit > 0 && obs.rss > limit {
+            w.over_memory = if limit > 0 && obs.rss.unwrap_or(0) > limit {
                 w.over_memory + 1
             } else {
                 0
@@ -160,12 +160,13 @@ pub fn recycle(c: &mut Cluster, seen: &[Seen], now: Ms) {
         let WorkerPhase::Ready { since } = w.phase else {
             continue;
         };
-        let why = if w.max_requests > 0 && obs.requests >= w.max_requests {
-            format!("it answered {} requests (--max-requests)", obs.requests)
+        let requests = obs.requests.unwrap_or(0);
+        let why = if w.max_requests > 0 && requests >= w.max_requests {
+            format!("it answered {requests} requests (--max-requests)")
         } else if w.over_memory >= MEMORY_SAMPLES {
             format!(
                 "its resident memory was {} MiB for {MEMORY_SAMPLES} samples (--max-worker-memory {} MiB)",
-                obs.rss >> 20,
+                obs.rss.unwrap_or(0) >> 20,
                 limit >> 20
             )
         } else {

@@ -69,6 +69,15 @@ impl Cluster {
         self.started = h.started;
         self.generations = h.generations;
         self.generation = h.generations;
+        // --max-workers sized the scoreboard the old image made, and this image keeps it.
+        let board_max = self.capacity.saturating_sub(2) / 2;
+        if self.config.max_workers > board_max {
+            tracing::warn!(
+                max_workers = board_max,
+                "--max-workers changed; the running maximum stays until a full restart"
+            );
+            self.config.max_workers = board_max.max(1);
+        }
         let wanted = if h.configured_workers == self.config.workers {
             h.target
         } else {

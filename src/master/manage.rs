@@ -87,14 +87,21 @@ fn step_rollout(c: &mut Cluster, now: Ms, out: &mut Vec<Action>) {
         return;
     };
     let mut retire = Vec::new();
+    let mut again = Vec::new();
     p.replacing.retain(|(new, old)| match c.table.get(*new) {
-        Some(w) if w.is_ready() => {
+        Some(w) if w.is_live() && w.is_ready() => {
             retire.push((*new, *old));
             false
         }
-        Some(w) => w.is_live(),
-        None => false,
+        Some(w) if w.is_live() => true,
+        // Stopped before it served (it broke the pipe protocol, or it is gone): the worker it
+        // was to replace is replaced by another.
+        _ => {
+            again.push(*old);
+            false
+        }
     });
+    p.old.extend(again);
     let grace = c.config.graceful_timeout + KILL_MARGIN;
     for (new, old) in retire {
         if c.table.is_live(old) {

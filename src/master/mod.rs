@@ -201,10 +201,11 @@ impl<A: WorkerApp> Master<A> {
             for (id, msg) in self.pipes.read() {
                 self.cluster.message(id, msg, now, &mut todo);
             }
-            self.reap(now, &mut todo);
+            // Signals go out before the reap, while every pid they name is still ours.
             self.apply(todo, now);
-            let seen = self.observe(now);
             let mut todo = Vec::new();
+            self.reap(now, &mut todo);
+            let seen = self.observe(now);
             if let Some(seen) = &seen {
                 deadlines::recycle(&mut self.cluster, seen, now);
             }

@@ -22,9 +22,9 @@ pub fn observe(table: &Table, board: Board, now: Ms) -> Vec<Seen> {
                 id: w.id,
                 heartbeat_age_ms: record.and_then(|r| r.heartbeat_age_ms(now.0)),
                 stopped: process_state(w.pid) == Some('T'),
-                rss: process::rss_bytes(w.pid).unwrap_or(0),
-                requests: record.map_or(0, |r| r.requests.load(Relaxed)),
-                connections: record.map_or(0, |r| r.connections.load(Relaxed).max(0) as u64),
+                rss: process::rss_bytes(w.pid),
+                requests: record.map(|r| r.requests.load(Relaxed)),
+                connections: record.map(|r| r.connections.load(Relaxed).max(0) as u64),
             }
         })
         .collect()

@@ -2,7 +2,7 @@
 //! check means. Pure; runs in the master. The edge reads the file and runs the check.
 
 use super::clock::Ms;
-use super::cluster::{CHECK_TIMEOUT, CheckRun, Cluster, Why};
+use super::cluster::{CHECK_TIMEOUT, CheckRun, Cluster, Pending, Why};
 use super::event::{Action, Notify};
 use crate::config::ClusterConfig;
 use crate::process::Death;
@@ -109,5 +109,40 @@ impl Cluster {
         tracing::error!("upgrade failed, the running version keeps serving: {why}");
         self.note = Some(format!("upgrade failed: {why}"));
         out.push(Action::Notify(Notify::Ready(self.status_line())));
+    }
+
+    /// Starts a rollout of `config`. One under way is replaced, but the replacements it has
+    /// booting are carried over: each still retires its old worker once ready, and is itself
+    /// an old worker of the new rollout.
+    pub fn roll(&mut self, why: Why, config: ClusterConfig, restore_target: usize) {
+        let carried: Vec<(u64, u64)> = self
+            .pending
+            .take()
+            .map(|p| p.replacing)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(new, _)| self.table.is_live(*new))
+            .collect();
+        let old: Vec<u64> = self
+            .table
+            .live()
+            .map(|w| w.id)
+            .filter(|id| !carried.iter().any(|(_, old)| old == id))
+            .collect();
+        if why != Why::Recycle {
+            tracing::info!(
+                workers = old.len() + carried.len(),
+                "reload: replacing workers one at a time"
+            );
+        }
+        self.generations += 1;
+        self.pending = Some(Pending {
+            generation: self.generations,
+            why,
+            config,
+            old,
+            replacing: carried,
+            restore_target,
+        });
     }
 }

@@ -71,9 +71,9 @@ pub fn document(c: &Cluster, seen: &[Seen], pid: i32, now: Ms) -> serde_json::Va
                 "state": w.phase.name(),
                 "uptime_s": now.since(w.started).as_secs(),
                 "restarts": c.slot_restarts.get(w.slot).copied().unwrap_or(0),
-                "connections": o.map(|o| o.connections),
-                "requests": o.map(|o| o.requests),
-                "rss_bytes": o.map(|o| o.rss),
+                "connections": o.and_then(|o| o.connections),
+                "requests": o.and_then(|o| o.requests),
+                "rss_bytes": o.and_then(|o| o.rss),
                 "heartbeat_age_ms": o.and_then(|o| o.heartbeat_age_ms),
                 "store": w.healthy.map(|h| if h { "up" } else { "down" }),
             })

@@ -121,3 +121,39 @@ fn the_status_document_names_each_workers_state() {
     );
     assert_eq!(doc["workers"][0]["uptime_s"].as_u64(), Some(3));
 }
+
+#[test]
+fn a_worker_told_to_stop_while_booting_may_still_report_ready() {
+    let mut c = serving(2);
+    die(&mut c, 2, Death::Signaled(Signal::SIGKILL), Ms(5_000));
+    plan(&mut c, Ms(5_000));
+    command(
+        &mut c,
+        Command::Stop {
+            fast: false,
+            by: "SIGTERM",
+        },
+        Ms(5_010),
+    );
+    assert!(ready(&mut c, 3, Ms(5_020)).is_empty(), "no protocol error");
+    assert_eq!(c.restarts, 1);
+}
+
+#[test]
+fn a_replacement_that_breaks_the_protocol_is_replaced_and_its_old_worker_still_goes() {
+    let mut c = serving(2);
+    hup(&mut c, 2, Ms(1_000));
+    assert_eq!(spawns(&plan(&mut c, Ms(1_000))), vec![(3, 1)]);
+    let mut out = Vec::new();
+    c.message(3, Message::Garbage(b'?'), Ms(1_050), &mut out);
+    assert!(c.respawn_at > Ms(1_050), "backs off");
+    let at = c.respawn_at;
+    assert_eq!(
+        spawns(&plan(&mut c, at)),
+        vec![(4, 1)],
+        "another replacement for 2"
+    );
+    finish_rollout(&mut c, at);
+    assert!(!c.table.is_live(2) && !c.table.is_live(1));
+    assert_eq!(slots(&c).len(), 2);
+}

@@ -198,7 +198,7 @@ fn the_reload_merge_keeps_what_is_bound_at_start() {
 fn requests(id: u64, n: u64) -> Seen {
     Seen {
         id,
-        requests: n,
+        requests: Some(n),
         ..Seen::default()
     }
 }
@@ -245,7 +245,7 @@ fn memory_over_the_limit_for_three_samples_a_second_apart_recycles() {
     c.config.max_worker_memory = 100 << 20;
     let fat = Seen {
         id: 1,
-        rss: 200 << 20,
+        rss: Some(200 << 20),
         ..Seen::default()
     };
     for (i, t) in [1_000u64, 1_500, 2_000, 3_000].into_iter().enumerate() {

@@ -141,3 +141,18 @@ fn a_death_nobody_forked_is_ignored() {
     assert!(out.is_empty());
     assert_eq!(c.restarts, 0);
 }
+
+#[test]
+fn exit_code_4_from_any_worker_of_a_rollout_aborts_it_and_never_halts() {
+    let mut c = serving(2);
+    hup(&mut c, 4, Ms(1_000));
+    // Slots 2 and 3 get workers 3 and 4 with the new settings; 5 replaces worker 2.
+    assert_eq!(
+        spawns(&plan(&mut c, Ms(1_000))),
+        vec![(3, 2), (4, 3), (5, 1)]
+    );
+    die(&mut c, 4, Death::Exited(4), Ms(1_050));
+    assert_eq!(c.phase, Phase::Serving);
+    assert!(c.pending.is_none());
+    assert_eq!(c.target, 2);
+}

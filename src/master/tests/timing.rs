@@ -125,3 +125,17 @@ fn nothing_is_killed_for_hanging_while_stopping() {
     );
     assert!(murder(&mut c, Some(&[silent(1, 60_000, false)]), Ms(2_000)).is_empty());
 }
+
+#[test]
+fn sigkill_is_sent_once() {
+    let mut c = serving(2);
+    hup(&mut c, 2, Ms(1_000));
+    plan(&mut c, Ms(1_000));
+    let late = Ms(1_000).plus(BOOT_TIMEOUT);
+    assert_eq!(
+        signals(&murder(&mut c, None, late)),
+        vec![(3, Signal::SIGKILL)]
+    );
+    assert!(murder(&mut c, None, late).is_empty());
+    assert!(murder(&mut c, None, late.plus(Duration::from_secs(5))).is_empty());
+}

@@ -128,3 +128,18 @@ fn an_upgrade_during_a_rollout_carries_its_booting_replacement() {
         vec![0, 1]
     );
 }
+
+#[test]
+fn an_upgrade_keeps_the_maximum_the_scoreboard_was_made_for() {
+    let c = serving(2);
+    let h = c.export();
+    let mut bigger = config(12);
+    bigger.max_workers = 16;
+    // The old image's board: 2 x 4 + 2 records.
+    let mut next = Cluster::new(bigger, 1, 10, Ms(2_000));
+    next.adopt(h);
+    assert_eq!(next.config.max_workers, 4);
+    assert_eq!(next.target, 4);
+    finish_rollout(&mut next, Ms(2_000));
+    assert_eq!(next.table.ready(), 4);
+}

@@ -62,7 +62,7 @@ pub fn parse(text: &[u8], now: Ms) -> Result<State, UpgradeError> {
         .iter()
         .filter_map(|w| Some((w.id, w.pipe?)))
         .collect();
-    let workers = old
+    let workers: Vec<Worker> = old
         .workers
         .into_iter()
         .map(|w| {
@@ -98,12 +98,13 @@ pub fn parse(text: &[u8], now: Ms) -> Result<State, UpgradeError> {
             }
         })
         .collect();
+    let replacing = pairs(&workers);
     let mut state = State::new(
         old.sockets
             .ok_or_else(|| UpgradeError::State("no socket table".into()))?,
         Handover {
             workers,
-            replacing: Vec::new(),
+            replacing,
             next_id: old.next_id,
             target: old.target,
             configured_workers: old.configured_workers,
@@ -121,6 +122,21 @@ pub fn parse(text: &[u8], now: Ms) -> Result<State, UpgradeError> {
     // Version 1 did not say who wrote it; the process that reads it is the one that exec'd.
     state.master_pid = 0;
     Ok(state)
+}
+
+/// Version 1 did not write a rollout's booting replacements: a booting worker that shares its
+/// slot with a serving one is that one's replacement.
+fn pairs(workers: &[Worker]) -> Vec<(u64, u64)> {
+    workers
+        .iter()
+        .filter(|w| matches!(w.phase, WorkerPhase::Booting { .. }))
+        .filter_map(|new| {
+            let old = workers
+                .iter()
+                .find(|o| o.id != new.id && o.slot == new.slot && o.is_ready())?;
+            Some((new.id, old.id))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -158,8 +174,18 @@ mod tests {
             }
         );
         assert_eq!(s.pipes, vec![(3, 9), (4, 10)]);
+        // Worker 5 boots in slot 1 beside worker 4, which is stopping: no pair.
+        assert!(s.cluster.replacing.is_empty());
         assert_eq!(s.board_fd, Some(11));
         assert_eq!(s.cluster.started, Ms(91_000));
         assert_eq!((s.cluster.next_id, s.cluster.target), (6, 2));
+    }
+
+    #[test]
+    fn a_version_1_rollout_in_flight_keeps_its_pair() {
+        // Worker 5 boots in slot 0 beside worker 3, which serves: it is 3's replacement.
+        let text = V1.replace(r#""id":5,"slot":1"#, r#""id":5,"slot":0"#);
+        let s = parse(text.as_bytes(), Ms(100_000)).expect("parses");
+        assert_eq!(s.cluster.replacing, vec![(5, 3)]);
     }
 }

@@ -100,6 +100,12 @@ impl Check {
             .env(VERSION_ENV, STATE_VERSION.to_string())
             .spawn()?;
         let stderr = child.stderr.take().expect("stderr was piped");
+        // Read once it exited, without blocking the loop: a grandchild that kept the pipe open
+        // must not hold the master.
+        nix::fcntl::fcntl(
+            &stderr,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
         Ok(Check {
             pid: Pid::from_raw(child.id() as i32),
             stderr,
@@ -108,9 +114,11 @@ impl Check {
 
     /// What the checker said, for a failed check: its last line on standard error.
     pub fn finish(mut self) -> String {
-        let mut text = String::new();
-        // It has exited, so this reads what is buffered and then the end of the pipe.
-        let _ = (&mut self.stderr).take(64 * 1024).read_to_string(&mut text);
+        let mut bytes = Vec::new();
+        // It has exited: what it wrote is buffered; a pipe still held open ends the read with
+        // WouldBlock instead of blocking, and what was read so far stays.
+        let _ = (&mut self.stderr).take(64 * 1024).read_to_end(&mut bytes);
+        let text = String::from_utf8_lossy(&bytes);
         text.lines()
             .rev()
             .find(|l| !l.trim().is_empty())
