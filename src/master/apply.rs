@@ -13,7 +13,7 @@ use super::clock::Ms;
 use super::event::{Action, Command, Notify, Spawn};
 use super::table::WorkerPhase;
 use super::upgrade::{self, Check};
-use super::{Master, Reloaded, observe, status};
+use super::{Master, Reloaded, observe, report};
 use crate::process::{self, ProcessError};
 use crate::scoreboard::Scoreboard;
 use crate::worker::{self, WorkerApp, WorkerSpec};
@@ -163,7 +163,7 @@ impl<A: WorkerApp> Master<A> {
             let reply = match asked {
                 Ok(Command::Status) => {
                     let seen = observe::observe(&self.cluster.table, self.board.board(), now);
-                    status::document(&self.cluster, &seen, std::process::id() as i32, now)
+                    report::document(&self.cluster, &seen, std::process::id() as i32, now)
                 }
                 Ok(Command::Reload) => {
                     tracing::info!("reload asked on the control socket");

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 
 use super::clock::Ms;
 use super::cluster::{BOOT_TIMEOUT, Cluster, Why};
-use super::event::Action;
+use super::event::{Action, Seen};
 use super::table::WorkerPhase;
 
 /// A hung worker's time between SIGABRT (for a backtrace) and SIGKILL.
@@ -24,23 +24,6 @@ pub const MEMORY_SAMPLES: u32 = 3;
 pub const OBSERVE_EVERY: Duration = Duration::from_millis(500);
 /// The longest the loop sleeps with nothing to do, so it stays observable.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
-
-/// One worker as the edge saw it: the scoreboard and `/proc`, read once per observation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Seen {
-    /// Worker id.
-    pub id: u64,
-    /// Age of its oldest server thread's heartbeat, if it has any.
-    pub heartbeat_age_ms: Option<u64>,
-    /// Stopped (SIGSTOP, a debugger): a SIGABRT would wait, so it gets SIGKILL.
-    pub stopped: bool,
-    /// Resident memory in bytes, if `/proc` tells.
-    pub rss: Option<u64>,
-    /// Requests answered, if it has a scoreboard record.
-    pub requests: Option<u64>,
-    /// Connections open, if it has a scoreboard record.
-    pub connections: Option<u64>,
-}
 
 /// Kills what overstayed. `seen` is the latest observation, when one was made this turn.
 pub fn murder(c: &mut Cluster, seen: Option<&[Seen]>, now: Ms, out: &mut Vec<Action>) {

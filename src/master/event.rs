@@ -1,7 +1,7 @@
 //! What goes into the master's decisions and what comes out. Pure data; runs in the master.
 //!
 //! Signals and control-socket lines speak one vocabulary, [`Command`]; a worker's pipe speaks
-//! [`Message`]; the decisions answer with [`Action`]s, which the edge (`mod.rs`) carries out.
+//! [`Message`]; what the edge observes of the workers is [`Seen`]; the decisions answer with [`Action`]s, which the edge (`mod.rs`) carries out.
 
 use nix::sys::signal::Signal;
 
@@ -163,4 +163,21 @@ pub enum Action {
     Reload,
     /// SIGKILL the new binary's configuration check (it overstayed).
     KillCheck,
+}
+
+/// One worker as the edge saw it: the scoreboard and `/proc`, read once per observation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Worker id.
+    pub id: u64,
+    /// Age of its oldest server thread's heartbeat, if it has any.
+    pub heartbeat_age_ms: Option<u64>,
+    /// Stopped (SIGSTOP, a debugger): a SIGABRT would wait, so it gets SIGKILL.
+    pub stopped: bool,
+    /// Resident memory in bytes, if `/proc` tells.
+    pub rss: Option<u64>,
+    /// Requests answered, if it has a scoreboard record.
+    pub requests: Option<u64>,
+    /// Connections open, if it has a scoreboard record.
+    pub connections: Option<u64>,
 }

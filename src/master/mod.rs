@@ -8,7 +8,7 @@
 //!
 //! The decisions make no system call and read no clock: [`cluster`] (state, events),
 //! `command.rs` (operators' commands), [`manage`] (forks, surplus, rollouts), [`deadlines`] (kills, hangs, recycling, wake-ups),
-//! [`reload`], [`handover`] (what crosses an upgrade), [`table`], [`policy`], [`status`].
+//! [`reload`], [`handover`] (what crosses an upgrade), [`table`], [`policy`], [`status`], [`report`].
 //! The effects are here and in `apply.rs`: poll, fork, kill, exec, notify, `/proc`.
 
 mod apply;
@@ -24,6 +24,7 @@ pub mod observe;
 pub mod pipes;
 pub mod policy;
 pub mod reload;
+pub mod report;
 pub mod status;
 pub mod table;
 #[cfg(test)]
@@ -39,8 +40,9 @@ use nix::unistd::{Gid, Uid};
 use self::clock::Ms;
 use self::cluster::{Cluster, Halt};
 use self::control::Control;
-use self::deadlines::{OBSERVE_EVERY, Seen};
+use self::deadlines::OBSERVE_EVERY;
 use self::event::Command;
+use self::event::Seen;
 use self::pipes::Pipes;
 pub use self::policy::Backoff;
 pub use self::reload::Reloaded;

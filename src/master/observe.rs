@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::clock::Ms;
-use super::deadlines::Seen;
+use super::event::Seen;
 use super::table::Table;
 use crate::process;
 use crate::scoreboard::Board;

@@ -1,7 +1,7 @@
 //! The vocabulary: signals, control lines, pipe bytes, and the status the master shows.
 
 use super::*;
-use crate::master::status;
+use crate::master::report;
 use crate::master::table::WorkerPhase;
 
 #[test]
@@ -98,7 +98,7 @@ fn the_status_document_names_each_workers_state() {
     c.table.get_mut(1).unwrap().phase = WorkerPhase::Booting {
         deadline: Ms(9_000),
     };
-    let doc = status::document(&c, &[], 4242, Ms(3_000));
+    let doc = report::document(&c, &[], 4242, Ms(3_000));
     let states: Vec<&str> = doc["workers"]
         .as_array()
         .unwrap()

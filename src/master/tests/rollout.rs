@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::master::cluster::{Phase, Why};
-use crate::master::deadlines::{self, Seen};
+use crate::master::deadlines;
+use crate::master::event::Seen;
 use crate::master::reload::merge;
 use crate::master::table::WorkerPhase;
 

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::master::cluster::{BOOT_TIMEOUT, CheckRun};
-use crate::master::deadlines::{self, Seen};
+use crate::master::deadlines;
+use crate::master::event::Seen;
 
 fn murder(c: &mut Cluster, seen: Option<&[Seen]>, now: Ms) -> Vec<Action> {
     let mut out = Vec::new();

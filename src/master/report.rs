@@ -1,0 +1,53 @@
+//! The document of `clusterd status --json`: the cluster, and each worker with what the edge
+//! just observed. Pure; runs in the master.
+
+use super::clock::Ms;
+use super::cluster::Cluster;
+use super::event::Seen;
+
+/// `clusterd status --json`: the cluster, and each worker with what the edge just observed.
+pub fn document(c: &Cluster, seen: &[Seen], pid: i32, now: Ms) -> serde_json::Value {
+    let workers: Vec<serde_json::Value> = c
+        .table
+        .workers
+        .iter()
+        .map(|w| {
+            let o = seen.iter().find(|o| o.id == w.id);
+            serde_json::json!({
+                "slot": w.slot,
+                "id": w.id,
+                "pid": w.pid,
+                "state": w.phase.name(),
+                "uptime_s": now.since(w.started).as_secs(),
+                "restarts": c.slot_restarts.get(w.slot).copied().unwrap_or(0),
+                "connections": o.and_then(|o| o.connections),
+                "requests": o.and_then(|o| o.requests),
+                "rss_bytes": o.and_then(|o| o.rss),
+                "heartbeat_age_ms": o.and_then(|o| o.heartbeat_age_ms),
+                "store": w.healthy.map(|h| if h { "up" } else { "down" }),
+            })
+        })
+        .collect();
+    let health: Vec<bool> = c.table.live().filter_map(|w| w.healthy).collect();
+    serde_json::json!({
+        "master": {
+            "pid": pid,
+            "uptime_s": now.since(c.started).as_secs(),
+            "workers": c.table.ready(),
+            "target": c.target,
+            "max_workers": c.config.max_workers,
+            "restarts": c.restarts,
+            "reloading": c.reloading(),
+            "generation": c.generation,
+            "note": c.note,
+            "status": c.status_line(),
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "store": {
+            "kind": c.label.as_deref().map(|l| l.trim_start_matches("store ")),
+            "up": health.iter().filter(|h| **h).count(),
+            "down": health.iter().filter(|h| !**h).count(),
+        },
+        "workers": workers,
+    })
+}
