@@ -7,14 +7,17 @@ use std::process::ExitCode;
 use clusterd::config::{Args, ClusterConfig, Config, SessionConfig};
 use clusterd::master::control;
 
-/// Where the master puts its control socket: `--control-socket`, else
-/// `$RUNTIME_DIRECTORY/control.sock` (systemd's `RuntimeDirectory=`), else the data dir.
+/// Where the master puts its control socket: `--control-socket`, else the default
+/// (`control::default_path`: systemd's `RuntimeDirectory=`, root's own directory, or the data
+/// dir of a master that is not root).
 pub fn control_path(cluster: &ClusterConfig, session: &SessionConfig) -> PathBuf {
     cluster.control_socket.clone().unwrap_or_else(|| {
-        std::env::var_os("RUNTIME_DIRECTORY")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| session.data_dir.clone())
-            .join("control.sock")
+        let runtime = std::env::var_os("RUNTIME_DIRECTORY").map(PathBuf::from);
+        control::default_path(
+            &session.data_dir,
+            runtime.as_deref(),
+            nix::unistd::geteuid().is_root(),
+        )
     })
 }
 

@@ -135,18 +135,30 @@ fn lower_priority() {
     unsafe {
         let param = nix::libc::sched_param { sched_priority: 0 };
         if nix::libc::sched_setscheduler(0, nix::libc::SCHED_BATCH, &param) != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "SCHED_BATCH for the hashing thread"
-            );
+            warn_once(&format!(
+                "SCHED_BATCH for the hashing thread: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // With PRIO_PROCESS and 0, Linux changes the calling thread only.
         if nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, NICE) != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "nice {NICE} for the hashing thread"
-            );
+            warn_once(&format!(
+                "nice {NICE} for the hashing thread: {}",
+                std::io::Error::last_os_error()
+            ));
         }
+    }
+}
+
+/// A failed priority change, logged once per worker: hashing then competes with requests at
+/// full priority (a seccomp filter that denies the calls, as `SystemCallFilter=~@resources`
+/// would without the unit's exception).
+fn warn_once(what: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "{what}; password hashing runs at full priority and may slow other requests"
+        );
     }
 }
 

@@ -168,7 +168,8 @@ fn every_default_in_help_is_the_one_applied() {
             "group" => shown == "the user's group" && c.group.is_none(),
             "redis_wait_replicas" => shown == s.wait_replicas.to_string(),
             "control_socket" => {
-                shown == "$RUNTIME_DIRECTORY/control.sock, else control.sock in the data dir"
+                shown
+                    == "$RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-<hash of the data dir>.sock, else control.sock in the data dir"
                     && c.control_socket.is_none()
             }
             "metrics_bind" => shown == "off" && c.metrics_bind.is_none(),

@@ -3,13 +3,18 @@
 //! JSON back; `clusterd status|scale|reload` is that client. Runs in the master (the listener)
 //! and in the CLI (the client).
 //!
+//! Only its owner can use it: it is bound under a umask (no chmod by path afterwards) in a
+//! directory that only root or the master's user can write (by default `/run/clusterd` for a
+//! master run as root without systemd's `RuntimeDirectory=`), and both ends check the other's
+//! credentials (`SO_PEERCRED`: root or the master's own user).
+//!
 //! The master never blocks on a client: clients are non-blocking and sit in the poll set, each
 //! with one deadline for sending its line and taking its answer, and a turn accepts a bounded
 //! number of them. A client that trickles bytes, or many idle ones, cost the loop nothing.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +30,63 @@ const ACCEPT_PER_TURN: usize = 16;
 const MAX_CLIENTS: usize = 128;
 /// The longest request line.
 const MAX_LINE: usize = 4096;
+/// Where a master run as root puts its control socket when systemd gives it no runtime
+/// directory: a directory of root's, never the data dir, which the workers' user owns.
+pub const ROOT_DIR: &str = "/run/clusterd";
+
+/// The control socket's path when `--control-socket` is not given: in systemd's
+/// `RuntimeDirectory=`; else, for root, in [`ROOT_DIR`], one per data dir (two masters with
+/// different data dirs both start); else in the data dir, which is then the master's own.
+pub fn default_path(data_dir: &Path, runtime_directory: Option<&Path>, root: bool) -> PathBuf {
+    match runtime_directory {
+        Some(dir) => dir.join("control.sock"),
+        None if root => {
+            let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+            // FNV-1a: a stable name from the path, nothing secret about it.
+            let hash = dir
+                .as_os_str()
+                .as_encoded_bytes()
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            Path::new(ROOT_DIR).join(format!("control-{hash:016x}.sock"))
+        }
+        None => data_dir.join("control.sock"),
+    }
+}
+
+/// Whether a peer with this uid may talk to us: root, or our own user.
+fn trusted(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+/// The uid of the process at the other end of a Unix socket.
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.uid())
+}
+
+/// A directory only root or we can change: owned by one of them, and not writable by group or
+/// others unless sticky (as /tmp, where nobody else can replace our file).
+fn safe_dir(dir: &Path) -> std::io::Result<()> {
+    let m = std::fs::metadata(dir)?;
+    if !trusted(m.uid()) {
+        return Err(std::io::Error::other(format!(
+            "{} belongs to uid {}, not root or this user: another user could replace the socket",
+            dir.display(),
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is writable by group or others and not sticky: another user could replace the socket",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
 
 /// Errors opening the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +150,22 @@ impl Control {
             }
             Err(_) => {}
         }
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let listener = UnixListener::bind(path).map_err(io)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+        safe_dir(dir).map_err(io)?;
+        // Mode 0600 from the start: a umask for the bind, not a chmod by path after it (the
+        // master is single-threaded here, so the process-wide umask is ours alone).
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        nix::sys::stat::umask(old);
+        let listener = bound.map_err(io)?;
         listener.set_nonblocking(true).map_err(io)?;
         Ok(Control {
             listener,
@@ -124,6 +195,13 @@ impl Control {
                 break;
             };
             if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            if let Some(uid) = peer_uid(&stream).filter(|uid| !trusted(*uid)) {
+                tracing::warn!(
+                    uid,
+                    "control socket: refused a client that is neither root nor this user"
+                );
                 continue;
             }
             self.next_client += 1;
@@ -208,6 +286,16 @@ pub fn ask(path: &Path, line: &str) -> Result<serde_json::Value, String> {
             path.display()
         )
     })?;
+    match peer_uid(&stream) {
+        Some(uid) if trusted(uid) => {}
+        other => {
+            return Err(format!(
+                "{}: answered by uid {}, not root or this user: refusing to trust it",
+                path.display(),
+                other.map_or_else(|| "unknown".to_string(), |u| u.to_string())
+            ));
+        }
+    }
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     stream
         .write_all(format!("{line}\n").as_bytes())
@@ -217,4 +305,23 @@ pub fn ask(path: &Path, line: &str) -> Result<serde_json::Value, String> {
         .read_line(&mut text)
         .map_err(|e| format!("{}: no answer: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: bad answer: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_path_is_systemds_then_roots_then_the_data_dirs() {
+        let data = Path::new("/var/lib/app");
+        assert_eq!(
+            default_path(data, Some(Path::new("/run/x")), true),
+            Path::new("/run/x/control.sock")
+        );
+        let a = default_path(data, None, true);
+        assert!(a.starts_with(ROOT_DIR), "{}", a.display());
+        assert_eq!(a, default_path(data, None, true), "stable");
+        assert_ne!(a, default_path(Path::new("/var/lib/other"), None, true));
+        assert_eq!(default_path(data, None, false), data.join("control.sock"));
+    }
 }

@@ -64,6 +64,20 @@ curl -sf -b /tmp/jar "$URL/me" | grep -q '"user":"alice"' || fail "/me after log
     || fail "the demo password must not work under systemd"
 ok "login and protected route; no demo user"
 
+# -- the unit lets the hashing threads lower their priority (setpriority, sched_setscheduler)
+niced=0
+for w in $(workers); do
+    for t in /proc/"$w"/task/*; do
+        case $(cat "$t/comm" 2>/dev/null) in hasher-*) ;; *) continue ;; esac
+        # Field 19 of stat is the niceness; fields counted after the ")" that ends the name.
+        nice=$(sed 's/.*) //' "$t/stat" | awk '{print $17}')
+        [ "$nice" = 19 ] || fail "hashing thread $t runs at nice $nice, not 19"
+        niced=$((niced + 1))
+    done
+done
+[ "$niced" -ge "$EXPECTED" ] || fail "found $niced hashing threads"
+ok "$niced hashing threads at nice 19 under the unit's system call filter"
+
 # -- kill -9 a worker: replaced, session still valid on every worker
 before=$(workers)
 victim=${before%% *}

@@ -547,3 +547,77 @@ fn a_soak_of_200_kills_under_load_refuses_no_connection() {
     assert!(served > 200, "the load ran: {served}");
     assert_eq!(c.log_lines("worker died").len(), 200);
 }
+
+/// The control socket of a master run as root with `--user`: by default in root's own
+/// directory, not the data dir the workers' user owns; and a server that the workers' user runs
+/// (here a whole clusterd of its own) is not believed by root's `clusterd status` or `reload`.
+#[test]
+#[ignore = "needs root: run `cargo test -- --include-ignored` as root (CI does)"]
+fn the_workers_user_cannot_answer_for_the_master() {
+    assert!(nix::unistd::Uid::effective().is_root(), "run as root");
+    // No --control-socket: the default place for a master run as root.
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(1)
+            .arg("--user")
+            .arg("nobody")
+            .default_control(),
+    );
+    assert!(
+        c.control.starts_with("/run/clusterd"),
+        "{}",
+        c.control.display()
+    );
+    assert_eq!(c.status()["master"]["workers"], 1);
+    let dir = std::fs::metadata("/run/clusterd").unwrap();
+    assert_eq!(
+        (dir.uid(), dir.mode() & 0o077),
+        (0, 0),
+        "mode {:o}",
+        dir.mode()
+    );
+    // The workers' user can neither replace the socket nor put one beside it.
+    let planted = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "touch"])
+        .arg(c.control.with_extension("planted"))
+        .status()
+        .expect("setpriv: apt-get install -y util-linux");
+    assert!(!planted.success(), "nobody wrote into /run/clusterd");
+
+    // A clusterd the workers' user runs on a socket of its own: a fake master.
+    let fake_dir = TempDir::new("control-fake");
+    std::os::unix::fs::chown(fake_dir.path(), Some(65534), Some(65534)).unwrap();
+    let fake_sock = fake_dir.path().join("fake.sock");
+    let _fake = Clusterd::start(
+        Opts::default()
+            .workers(1)
+            .data(&fake_dir.path().join("data"))
+            .arg("--control-socket")
+            .arg(fake_sock.to_str().unwrap())
+            .no_wait()
+            .wrapped(&[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ]),
+    );
+    eventually(Duration::from_secs(10), "the fake socket", || {
+        fake_sock.exists().then_some(())
+    });
+    for ask in [&["status", "--json"][..], &["reload"][..]] {
+        let out = std::process::Command::new(BIN)
+            .args(ask)
+            .arg("--control-socket")
+            .arg(&fake_sock)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{ask:?} believed uid 65534's server"
+        );
+        assert!(err.contains("not root or this user"), "{err}");
+    }
+}

@@ -395,6 +395,8 @@ pub struct Opts {
     pub fd3: Option<std::os::fd::RawFd>,
     /// The executable to run instead of the one cargo built (a copy, for upgrades).
     pub binary: Option<PathBuf>,
+    /// Leave the control socket where clusterd puts it by default (learnt from its log).
+    pub default_control: bool,
 }
 
 impl Default for Opts {
@@ -410,6 +412,7 @@ impl Default for Opts {
             ipv6: false,
             fd3: None,
             binary: None,
+            default_control: false,
         }
     }
 }
@@ -465,6 +468,10 @@ impl Opts {
         self.binary = Some(path.to_path_buf());
         self
     }
+    pub fn default_control(mut self) -> Self {
+        self.default_control = true;
+        self
+    }
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -501,6 +508,12 @@ impl Clusterd {
         };
         if opts.workers > 0 {
             cmd.arg("--workers").arg(opts.workers.to_string());
+        }
+        // Its own control socket in the test's directory (as root, the default would be in
+        // /run/clusterd).
+        if !opts.default_control && !opts.args.iter().any(|a| a == "--control-socket") {
+            cmd.arg("--control-socket")
+                .arg(dir.path().join("control.sock"));
         }
         cmd.arg("--bind")
             .arg(addr.to_string())
@@ -550,8 +563,8 @@ impl Clusterd {
             .iter()
             .position(|a| a == "--control-socket")
             .and_then(|i| opts.args.get(i + 1))
-            .map_or_else(|| data.join("control.sock"), PathBuf::from);
-        let c = Clusterd {
+            .map_or_else(|| dir.path().join("control.sock"), PathBuf::from);
+        let mut c = Clusterd {
             port,
             addr,
             child,
@@ -560,6 +573,18 @@ impl Clusterd {
             control,
             _dir: Some(dir),
         };
+        if opts.default_control {
+            c.wait_log(Duration::from_secs(20), "control socket path=");
+            let line = c.log_lines("control socket path=").remove(0);
+            let path = line
+                .split("path=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            c.control = PathBuf::from(path);
+        }
         if opts.wait_ready {
             c.wait_ready(Duration::from_secs(20));
         }

@@ -148,7 +148,7 @@ fn a_worker_flooding_its_pipe_delays_neither_a_respawn_nor_status() {
 #[test]
 fn trickling_and_idle_control_clients_delay_neither_a_respawn_nor_status() {
     let c = Clusterd::start(Opts::default().workers(2));
-    let sock = c.data.join("control.sock");
+    let sock = c.control.clone();
     let idle: Vec<UnixStream> = (0..50)
         .map(|_| UnixStream::connect(&sock).unwrap())
         .collect();
