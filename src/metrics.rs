@@ -19,10 +19,39 @@ use prometheus_client::registry::Registry;
 
 use crate::scoreboard::{self, Board, DURATION_BUCKETS, LOGIN_OUTCOMES, Record, STORE_OPS};
 
-/// Starts the metrics server on `listener` (one thread) and returns its handle.
-pub fn serve(listener: TcpListener) -> std::io::Result<actix_web::dev::ServerHandle> {
-    let server = HttpServer::new(|| {
+/// Starts the metrics server on `listener` (one thread) and returns its handle. It answers only
+/// requests whose `Host` is its own address, `localhost`, or one of `names` (with or without
+/// the port): a page elsewhere that a browser fetches under a name rebound to loopback (DNS
+/// rebinding) gets 421, not the status document.
+pub fn serve(
+    listener: TcpListener,
+    names: Vec<String>,
+) -> std::io::Result<actix_web::dev::ServerHandle> {
+    let bound = listener.local_addr()?;
+    let names = std::sync::Arc::new(names);
+    let server = HttpServer::new(move || {
+        let names = std::sync::Arc::clone(&names);
         App::new()
+            .wrap(actix_web::middleware::from_fn(
+                move |req: actix_web::dev::ServiceRequest,
+                      next: actix_web::middleware::Next<actix_web::body::BoxBody>| {
+                    let ok = req
+                        .headers()
+                        .get(actix_web::http::header::HOST)
+                        .is_none_or(|h| h.to_str().is_ok_and(|h| host_allowed(h, bound, &names)));
+                    async move {
+                        if ok {
+                            next.call(req).await.map(|r| r.map_into_boxed_body())
+                        } else {
+                            Ok(req.into_response(
+                                HttpResponse::MisdirectedRequest().body(
+                                    "unknown Host: add the name with --metrics-allowed-hosts\n",
+                                ),
+                            ))
+                        }
+                    }
+                },
+            ))
             .route("/metrics", web::get().to(metrics))
             .route("/status.json", web::get().to(status_json))
             .route("/", web::get().to(dashboard))
@@ -36,6 +65,19 @@ pub fn serve(listener: TcpListener) -> std::io::Result<actix_web::dev::ServerHan
     let handle = server.handle();
     actix_web::rt::spawn(server);
     Ok(handle)
+}
+
+/// Whether `host` (a `Host` header) names this server: its bound address, `localhost`, or one
+/// of `names`, each with or without the bound port.
+fn host_allowed(host: &str, bound: std::net::SocketAddr, names: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let port = format!(":{}", bound.port());
+    let name = host.strip_suffix(&port).unwrap_or(&host);
+    let ip = match bound.ip() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    name == ip || name == "localhost" || names.iter().any(|n| n == name)
 }
 
 async fn metrics() -> HttpResponse {
@@ -249,4 +291,34 @@ pub fn render(board: Board) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_its_own_address_localhost_and_given_names_are_answered() {
+        let bound: std::net::SocketAddr = "127.0.0.1:9100".parse().unwrap();
+        let names = vec!["prom.internal".to_string()];
+        for ok in [
+            "127.0.0.1:9100",
+            "127.0.0.1",
+            "localhost:9100",
+            "LOCALHOST",
+            "prom.internal:9100",
+        ] {
+            assert!(host_allowed(ok, bound, &names), "{ok}");
+        }
+        for bad in [
+            "attacker.example",
+            "attacker.example:9100",
+            "127.0.0.1:80",
+            "localhost.attacker",
+        ] {
+            assert!(!host_allowed(bad, bound, &names), "{bad}");
+        }
+        let v6: std::net::SocketAddr = "[::1]:9100".parse().unwrap();
+        assert!(host_allowed("[::1]:9100", v6, &[]));
+    }
 }

@@ -176,7 +176,7 @@ impl Scoreboard {
     pub fn create(n: usize) -> Result<Self, BoardError> {
         let fd = nix::sys::memfd::memfd_create(
             c"clusterd-scoreboard",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
         )
         .map_err(|source| BoardError {
             op: "memfd_create",
@@ -185,6 +185,15 @@ impl Scoreboard {
         let len = HEADER_LEN + n.max(1) * std::mem::size_of::<Record>();
         nix::unistd::ftruncate(&fd, len as i64).map_err(|source| BoardError {
             op: "ftruncate",
+            source,
+        })?;
+        // Its size is fixed for good: a worker (or anything that gets at the descriptor through
+        // /proc) that truncated it would make every reader of the mapping, the master first,
+        // die of SIGBUS.
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|source| BoardError {
+            op: "sealing the memfd",
             source,
         })?;
         Self::map(fd)
@@ -264,4 +273,19 @@ pub fn mine() -> Option<&'static Record> {
 /// The whole board, from inside a worker (for `/metrics`).
 pub fn board() -> Option<Board> {
     MINE.get().map(|(b, _)| *b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_board_cannot_be_truncated() {
+        let board = Scoreboard::create(4).unwrap();
+        // SAFETY: `board` owns the descriptor and outlives this borrow.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(board.fd()) };
+        assert_eq!(nix::unistd::ftruncate(fd, 0), Err(nix::Error::EPERM));
+        let records = board.board().records.len();
+        assert!(records >= 4, "{records}");
+    }
 }

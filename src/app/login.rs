@@ -93,6 +93,45 @@ fn retry_after(c: crate::session::Counter) -> AppError {
 
 /// The client's network for the throttle: an IPv4 address, or the /64 of an IPv6 one (a host
 /// usually has a whole /64, and could otherwise rotate through it).
+/// A login refused by a counter (most often the user's, which counts failures from every
+/// network): if this network has no failure for this user in the window, the right password
+/// from here must still work, or 50 guesses from anywhere lock the user out. Such attempts are
+/// counted per wider network (an IPv6 /48, an IPv4 /24) and user, at most
+/// [`PAIR_FAILURE_LIMIT`], so a guesser with many small networks gets no more than that.
+/// `Some` with the counts and the names counted when the attempt may go on.
+async fn fresh_network(
+    store: &Store,
+    pair: &str,
+    net: &str,
+    creds: &Credentials,
+) -> Result<Option<(Vec<crate::session::Counter>, Vec<String>)>, AppError> {
+    let names = vec![
+        pair.to_string(),
+        format!("addr:{net}"),
+        format!("fresh:{}:{}", wide_network(net), creds.username),
+    ];
+    let limits = [PAIR_FAILURE_LIMIT, ADDR_FAILURE_LIMIT, PAIR_FAILURE_LIMIT];
+    match store.reserve(&names, &limits, FAILURE_WINDOW).await? {
+        Reservation::Taken(counts) if counts[0].count == 1 => Ok(Some((counts, names))),
+        Reservation::Taken(_) => {
+            store.release(&names).await?;
+            Ok(None)
+        }
+        Reservation::Refused(_) => Ok(None),
+    }
+}
+
+/// The wider network a [`client_network`] belongs to: an IPv6 /48, an IPv4 /24.
+fn wide_network(net: &str) -> String {
+    if net.contains(':') {
+        net.split(':').take(3).collect::<Vec<_>>().join(":") + "::/48"
+    } else {
+        let mut octets: Vec<&str> = net.split('.').take(3).collect();
+        octets.push("0/24");
+        octets.join(".")
+    }
+}
+
 fn client_network(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
@@ -179,12 +218,15 @@ async fn login_checked(
     // The attempt is counted before the password is checked, atomically in the shared store: of
     // any number of concurrent guesses, at most the limit get as far as argon2. A refused
     // attempt counts nothing, so guesses that were refused lock nobody out further.
-    let counts = match store.reserve(&names, &limits, FAILURE_WINDOW).await? {
-        Reservation::Taken(counts) => counts,
-        Reservation::Refused(at_limit) => {
-            count_login(2);
-            return Err(retry_after(at_limit));
-        }
+    let (counts, names) = match store.reserve(&names, &limits, FAILURE_WINDOW).await? {
+        Reservation::Taken(counts) => (counts, names.to_vec()),
+        Reservation::Refused(at_limit) => match fresh_network(store, &pair, &net, &creds).await? {
+            Some(taken) => taken,
+            None => {
+                count_login(2);
+                return Err(retry_after(at_limit));
+            }
+        },
     };
     let users = Arc::clone(&state.users);
     let name = creds.username.clone();

@@ -73,6 +73,8 @@ pub struct ClusterConfig {
     pub control_socket: Option<PathBuf>,
     /// Where the workers serve metrics, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// Host names the metrics server answers to besides its address and `localhost`.
+    pub metrics_allowed_hosts: Vec<String>,
     /// A worker whose oldest thread heartbeat is older is replaced.
     pub worker_timeout: Duration,
     /// Requests after which a worker is recycled (0: never), and the random extra per worker.

@@ -109,6 +109,9 @@ options! {
         /// Serve Prometheus metrics at /metrics (and the dashboard at /) on this address, from the workers [default: off]
         #[arg(long, env = "CLUSTERD_METRICS_BIND", value_name = "ADDR")]
         pub metrics_bind: Option<SocketAddr>,
+        /// Host names the metrics server answers to besides its own address and localhost, comma-separated (for a Prometheus that scrapes by DNS name); any other Host gets 421 [default: none]
+        #[arg(long, env = "CLUSTERD_METRICS_ALLOWED_HOSTS", value_name = "NAME,...")]
+        pub metrics_allowed_hosts: Option<String>,
         /// Seconds without a heartbeat from a worker's thread before it counts as hung and is replaced (SIGABRT, then SIGKILL) [default: 30]
         #[arg(long, env = "CLUSTERD_WORKER_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
         pub worker_timeout: Option<u64>,

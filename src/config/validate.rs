@@ -160,6 +160,13 @@ impl Config {
                 group: a.group,
                 control_socket: a.control_socket,
                 metrics_bind: a.metrics_bind,
+                metrics_allowed_hosts: a
+                    .metrics_allowed_hosts
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect(),
                 worker_timeout: pick_secs("worker-timeout", a.worker_timeout, 30)?,
                 max_requests: a.max_requests.unwrap_or(0),
                 max_requests_jitter: a.max_requests_jitter.unwrap_or(0),

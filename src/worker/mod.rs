@@ -94,6 +94,8 @@ pub(crate) struct WorkerSpec<'a, A> {
     pub record: usize,
     /// The metrics socket (`--metrics-bind`), shared by every worker.
     pub metrics: Option<RawFd>,
+    /// Host names the metrics server answers to besides its address and `localhost`.
+    pub metrics_hosts: Vec<String>,
 }
 
 /// How the worker was asked to stop.
@@ -168,6 +170,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
     let (app, master, threads, graceful) =
         (spec.app, spec.master, spec.threads, spec.graceful_timeout);
     let read_timeout = spec.read_timeout;
+    let metrics_hosts = spec.metrics_hosts.clone();
     let result = system.block_on(async {
         // Installed before the app boots (signal handlers need the runtime), so that a TERM
         // during a slow boot is a clean exit rather than the default action.
@@ -179,7 +182,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
             read: read_timeout,
         };
         let _metrics = match metrics {
-            Some(l) => Some(crate::metrics::serve(l).map_err(|e| {
+            Some(l) => Some(crate::metrics::serve(l, metrics_hosts).map_err(|e| {
                 BootError::Transient(format!("listening on the metrics socket: {e}"))
             })?),
             None => None,

@@ -621,3 +621,90 @@ fn the_workers_user_cannot_answer_for_the_master() {
         assert!(err.contains("not root or this user"), "{err}");
     }
 }
+
+/// DNS rebinding: a page elsewhere that a browser fetches under a name rebound to loopback
+/// sends that name as Host; the metrics server answers only its own names.
+#[test]
+fn the_metrics_server_answers_only_its_own_host_names() {
+    let port = free_port();
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(1)
+            .arg("--metrics-bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-allowed-hosts")
+            .arg("prom.test"),
+    );
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let with_host = |host: &str| {
+        request(metrics, "GET", "/status.json", &[("host", host)], b"")
+            .unwrap()
+            .status
+    };
+    assert_eq!(with_host("attacker.example"), 421);
+    assert_eq!(with_host(&format!("attacker.example:{port}")), 421);
+    assert_eq!(with_host(&format!("127.0.0.1:{port}")), 200);
+    assert_eq!(with_host(&format!("localhost:{port}")), 200);
+    assert_eq!(with_host("prom.test"), 200);
+    drop(c);
+}
+
+/// One login for alice from the loopback address `from`.
+fn login_from(c: &Clusterd, from: [u8; 4], password: &str) -> u16 {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source: std::net::SocketAddr = (from, 0).into();
+    socket.bind(&source.into()).unwrap();
+    socket.connect(&c.addr.into()).unwrap();
+    let mut s: std::net::TcpStream = socket.into();
+    let body = format!(r#"{{"username":"alice","password":"{password}"}}"#);
+    write_request(
+        &mut s,
+        "POST",
+        "/login",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+        false,
+    )
+    .unwrap();
+    read_response(&mut std::io::BufReader::new(s))
+        .unwrap()
+        .status
+}
+
+/// 50 failures for alice from 10 networks reach her cross-network limit; her right password
+/// from a network with no failure still logs her in, and from one with failures it waits.
+/// (A login is how a password is tried, so a clean network's try counts whatever the password:
+/// at most 5 per /24 or IPv6 /48 and user.)
+#[test]
+fn the_user_limit_does_not_lock_out_the_right_password_from_a_clean_network() {
+    let c = Clusterd::start(Opts::default().workers(2));
+    for net in 1..=10u8 {
+        for _ in 0..5 {
+            assert_eq!(login_from(&c, [127, 0, 2, net], "wrong"), 401);
+        }
+    }
+    // The user's limit is reached, but a network without failures gets its try: a few per
+    // wider network (/24), then those wait too.
+    for net in 11..=15u8 {
+        assert_eq!(
+            login_from(&c, [127, 0, 2, net], "wrong"),
+            401,
+            "clean network {net}"
+        );
+    }
+    assert_eq!(
+        login_from(&c, [127, 0, 2, 16], "wrong"),
+        429,
+        "the /24's tries are spent"
+    );
+    assert_eq!(
+        login_from(&c, [127, 0, 2, 1], "wonderland"),
+        429,
+        "a network that guessed"
+    );
+    assert_eq!(
+        login_from(&c, [127, 0, 3, 1], "wonderland"),
+        200,
+        "a clean network"
+    );
+}
