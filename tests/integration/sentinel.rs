@@ -252,4 +252,10 @@ fn durable_logins_wait_for_a_replica() {
             .status,
         200
     );
+    // A logout is as durable as a login: with no replica to acknowledge it, 503.
+    let mut replica = replica;
+    replica.stop();
+    let out = request(c.addr, "POST", "/logout", &[("cookie", &cookie)], b"").unwrap();
+    assert_eq!(out.status, 503, "{}", out.text());
+    assert!(out.header("retry-after").is_some());
 }

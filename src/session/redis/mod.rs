@@ -296,28 +296,12 @@ impl RedisStore {
                     .arg(ttl.as_secs()),
             )
             .await?;
-        let n = self.inner.wait_replicas;
-        if reply.is_some() && n > 0 {
-            // WAIT on the same connection: the session is on `n` replicas, or the login fails
-            // (503) rather than answer for a session a failover could lose.
-            let acked: i64 = self
-                .query(
-                    redis::cmd("WAIT")
-                        .arg(n)
-                        .arg(WAIT_TIMEOUT.as_millis() as u64),
-                )
-                .await?;
-            if acked < i64::from(n) {
-                tracing::warn!(
-                    acked,
-                    wanted = n,
-                    "a new session did not reach enough replicas in time; the login answers 503"
-                );
-                let _ = self.delete(id).await;
-                return Err(StoreError::Unavailable(format!(
-                    "the new session reached {acked} of {n} replicas within {WAIT_TIMEOUT:?} (--redis-wait-replicas)"
-                )));
-            }
+        if reply.is_some()
+            && let Err(e) = self.wait("a new session").await
+        {
+            // The login fails (503) rather than answer for a session a failover could lose.
+            let _ = self.query::<i64>(redis::cmd("DEL").arg(self.key(id))).await;
+            return Err(e);
         }
         Ok(reply.is_some())
     }
@@ -337,11 +321,39 @@ impl RedisStore {
         Ok(reply.is_some())
     }
 
-    /// DEL.
+    /// DEL. With `--redis-wait-replicas`, a logout is as durable as a login: the deletion must
+    /// reach that many replicas, or it is an error (503) and the client tries again, rather
+    /// than answer for a logout that a failover could undo.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.query::<i64>(redis::cmd("DEL").arg(self.key(id)))
-            .await
-            .map(drop)
+            .await?;
+        self.wait("a logout").await
+    }
+
+    /// `WAIT` for `--redis-wait-replicas` replicas after a write on this connection.
+    async fn wait(&self, what: &str) -> Result<(), StoreError> {
+        let n = self.inner.wait_replicas;
+        if n == 0 {
+            return Ok(());
+        }
+        let acked: i64 = self
+            .query(
+                redis::cmd("WAIT")
+                    .arg(n)
+                    .arg(WAIT_TIMEOUT.as_millis() as u64),
+            )
+            .await?;
+        if acked < i64::from(n) {
+            tracing::warn!(
+                acked,
+                wanted = n,
+                "{what} did not reach enough replicas in time; it answers 503"
+            );
+            return Err(StoreError::Unavailable(format!(
+                "{what} reached {acked} of {n} replicas within {WAIT_TIMEOUT:?} (--redis-wait-replicas)"
+            )));
+        }
+        Ok(())
     }
 
     /// Takes one attempt on every counter if each is below its limit, or on none, in one Lua
