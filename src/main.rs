@@ -74,17 +74,25 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("clusterd: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            // After an upgrade's exec: not final (see below).
+            return ExitCode::from(if inherited.is_some() { 1 } else { EXIT_CONFIG });
         }
     };
     if cli.check_config {
         return check_config(&config);
     }
+    let upgraded = inherited.is_some();
     match run(cli, config, state_directory, binary, inherited) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
             tracing::error!("{error:#}");
-            ExitCode::from(code)
+            // After an upgrade's exec a failure is never "configuration invalid" (2): the unit
+            // must not treat it as final, since the previous version ran with this config.
+            ExitCode::from(if upgraded && code == EXIT_CONFIG {
+                1
+            } else {
+                code
+            })
         }
     }
 }
@@ -263,6 +271,14 @@ fn check_config(config: &Config) -> ExitCode {
         if let Some(path) = &session.key_file {
             key::load(Some(path), &session.data_dir).context("loading the cookie key")?;
         }
+        key::check_data_dir(
+            &session.data_dir,
+            session.key_file.as_deref(),
+            session.redis_url.is_none(),
+        )
+        .context("checking the data dir")?;
+        let control = cli::control_path(&config.cluster, session);
+        master::control::Control::check_place(&control).context("checking the control socket")?;
         Ok(())
     };
     match checks() {

@@ -132,16 +132,17 @@ impl<A: WorkerApp> Master<A> {
     fn reload(&mut self, now: Ms, out: &mut Vec<Action>) {
         if let Some(binary) = self.binary.as_ref().filter(|b| b.replaced()) {
             // The new binary reads the configuration itself once it runs.
-            match Check::start(binary) {
+            let started = upgrade::open_trusted(&binary.path).and_then(|image| {
+                Check::start(binary, image)
+                    .map_err(|e| format!("cannot run {}: {e}", binary.path.display()))
+            });
+            match started {
                 Ok(check) => {
                     tracing::info!(binary = %binary.path.display(), "SIGHUP: the binary was replaced; checking the new one before re-executing it");
                     self.cluster.check_started(check.pid.as_raw(), now);
                     self.check = Some(check);
                 }
-                Err(e) => {
-                    let why = format!("cannot run {}: {e}", binary.path.display());
-                    self.cluster.upgrade_failed(&why, out);
-                }
+                Err(why) => self.cluster.upgrade_failed(&why, out),
             }
             return;
         }
@@ -183,8 +184,10 @@ impl<A: WorkerApp> Master<A> {
     pub(super) fn reap(&mut self, now: Ms, out: &mut Vec<Action>) {
         for (pid, death) in process::reap() {
             if self.check.as_ref().is_some_and(|c| c.pid == pid) {
-                let said = self.check.take().map(Check::finish).unwrap_or_default();
-                self.cluster.check_done(death, &said, out);
+                if let Some((said, image)) = self.check.take().map(Check::finish) {
+                    self.image = Some(image);
+                    self.cluster.check_done(death, &said, out);
+                }
             } else {
                 self.cluster.death(pid.as_raw(), death, now, out);
             }
@@ -193,7 +196,7 @@ impl<A: WorkerApp> Master<A> {
 
     /// Hands everything over to the new binary with `execve`. Returns only if that failed.
     pub(super) fn exec(&mut self, now: Ms) {
-        let Some(binary) = self.binary.clone() else {
+        let (Some(binary), Some(image)) = (self.binary.clone(), self.image.take()) else {
             return;
         };
         let mut state = upgrade::State::new(
@@ -203,9 +206,10 @@ impl<A: WorkerApp> Master<A> {
         );
         state.board_fd = Some(self.board.fd());
         state.metrics_fd = self.metrics.as_ref().map(AsRawFd::as_raw_fd);
+        state.image_fd = Some(image.as_raw_fd());
         // The control socket is close-on-exec: the new image binds its path anew.
         tracing::info!(binary = %binary.path.display(), "re-executing the master from the new binary");
-        let e = upgrade::exec(&binary, &state);
+        let e = upgrade::exec(&binary, &image, &state);
         let mut out = Vec::new();
         let why = format!("executing {}: {e}", binary.path.display());
         self.cluster.upgrade_failed(&why, &mut out);
@@ -229,6 +233,8 @@ impl<A: WorkerApp> Master<A> {
                 }
             }
         }
+        // The descriptor this image was executed from: nothing more to do with it.
+        drop(state.image_fd.and_then(crate::fd::adopt));
         if let Some(fd) = state.metrics_fd {
             match crate::fd::adopt(fd) {
                 Some(fd) => self.metrics = Some(std::net::TcpListener::from(fd)),

@@ -175,6 +175,25 @@ impl Control {
         })
     }
 
+    /// What [`Control::bind`] will find at `path`, checked without changing anything (for
+    /// `--check-config`): a directory only root or this user can change, and no file in the
+    /// way.
+    pub fn check_place(path: &Path) -> Result<(), ControlError> {
+        let io = |source| ControlError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| d.exists()) {
+            safe_dir(dir).map_err(io)?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                Err(io(std::io::Error::other("exists and is not a socket")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The descriptors to poll, each with whether it waits for room to write (an answer) rather
     /// than for input: the listener and every client.
     pub fn poll_set(&self) -> Vec<(BorrowedFd<'_>, bool)> {

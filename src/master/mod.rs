@@ -98,6 +98,8 @@ pub struct Master<A: WorkerApp> {
     metrics: Option<std::net::TcpListener>,
     binary: Option<Binary>,
     check: Option<Check>,
+    /// The new binary a passed check checked, until the `execve` at the end of the turn.
+    image: Option<std::os::fd::OwnedFd>,
     reload: Option<ReloadFn>,
     /// When the workers were last observed.
     observed_at: Ms,
@@ -137,6 +139,7 @@ impl<A: WorkerApp> Master<A> {
             metrics: None,
             binary: None,
             check: None,
+            image: None,
             reload: None,
             observed_at: Ms(0),
             upgraded: false,

@@ -219,6 +219,58 @@ pub fn prepare_data_dir(
     Ok(())
 }
 
+/// What [`prepare_data_dir`] and [`load`] will find, checked without changing anything: the
+/// data dir is a directory, the generated key (if any) a regular file that reads as a key, the
+/// embedded store's files (if any) regular files. `--check-config` runs it, so an upgrade whose
+/// new image would refuse the data dir after `execve` is refused before it (a worker's user can
+/// turn a file in its data dir into a link between two starts).
+pub fn check_data_dir(
+    dir: &Path,
+    key_file: Option<&Path>,
+    embedded_store: bool,
+) -> Result<(), KeyError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err(KeyError::Write {
+                op: "using as data dir",
+                path: dir.to_path_buf(),
+                source: std::io::Error::other("not a directory"),
+            });
+        }
+        Ok(_) => {}
+        // Created at start.
+        Err(_) => return Ok(()),
+    }
+    if key_file.is_none() {
+        let path = dir.join(GENERATED_NAME);
+        if let Some(file) = files::read_small(&path, false, MAX_KEY_FILE)? {
+            key_from(&path, file)?;
+        }
+    } else {
+        files::open(
+            &dir.join(GENERATED_NAME),
+            Open {
+                follow: false,
+                create: None,
+                write: false,
+            },
+        )?;
+    }
+    if embedded_store {
+        for name in STORE_FILES {
+            files::open(
+                &dir.join(name),
+                Open {
+                    follow: false,
+                    create: None,
+                    write: false,
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -708,3 +708,41 @@ fn the_user_limit_does_not_lock_out_the_right_password_from_a_clean_network() {
         "a clean network"
     );
 }
+
+/// A state variable that leaked into (or was planted in) a fresh start's environment names
+/// processes that are not this master's children: they are dropped, never signalled.
+#[test]
+fn a_forged_state_variable_signals_nothing_it_did_not_fork() {
+    use std::os::fd::AsRawFd;
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let victim = sleeper.id() as i32;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The previous release's format (no writer pid): one slot on fd 3, one "worker" that is
+    // the test's `sleep`, stopping with its kill deadline already past.
+    let state = format!(
+        r#"{{"version":1,"sockets":{{"mode":"per-worker","addr":"127.0.0.1:{port}","backlog":128,"slots":[[3,false,1]],"fallback":[],"group":[1],"closing":[],"next_serial":2,"steer":false}},"workers":[{{"id":1,"slot":0,"pid":{victim},"pipe":null,"healthy":null,"ready":true,"age_ms":5000,"ready_age_ms":4000,"retiring":[0,false],"closing_socket":null}}],"next_id":2,"target":1,"configured_workers":1,"restarts":0,"failures":0,"respawn_in_ms":0}}"#
+    );
+    let mut opts = Opts::default()
+        .workers(1)
+        .port(port)
+        .env("CLUSTERD_UPGRADE_STATE", state);
+    opts.fd3 = Some(listener.as_raw_fd());
+    let c = Clusterd::start(opts);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(victim), "the forged worker was signalled");
+    assert_eq!(
+        c.log_lines("not a child of this process").len(),
+        1,
+        "{}",
+        c.log_text()
+    );
+    assert_eq!(c.get("/healthz").status, 200);
+    drop(c);
+    assert!(alive(victim), "signalled at the stop");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}

@@ -199,3 +199,92 @@ fn a_new_binary_that_cannot_start_leaves_the_old_master_serving() {
     });
     assert_eq!(exe(c.pid()), bin.display().to_string());
 }
+
+/// Polls `/healthz` every 100 ms for `secs` seconds; every answer must be 200.
+fn healthy_for(c: &Clusterd, secs: u64) {
+    for i in 0..secs * 10 {
+        let r = request(c.addr, "GET", "/healthz", &[], b"").expect("an answer");
+        assert_eq!(r.status, 200, "poll {i}: {}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The workers' user turns the generated key in its data dir into a link: the new image would
+/// refuse the data dir after `execve` and leave the service down. The check runs the same
+/// checks first, so the running master never executes it and keeps serving.
+#[test]
+#[ignore = "needs root: run `cargo test -- --include-ignored` as root (CI does)"]
+fn a_new_image_that_would_refuse_the_data_dir_is_never_executed() {
+    assert!(nix::unistd::Uid::effective().is_root(), "run as root");
+    let dir = TempDir::new("upgrade-link");
+    let bin = installed(dir.path());
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .binary(&bin)
+            .arg("--user")
+            .arg("nobody"),
+    );
+    let master = c.pid();
+    let key = c.data.join("session.key");
+    let planted = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("rm -f {0} && ln -s /etc/passwd {0}", key.display()))
+        .status()
+        .expect("setpriv: apt-get install -y util-linux");
+    assert!(planted.success(), "the workers' user owns its data dir");
+    deploy(&bin, &rebuilt());
+    c.signal(Signal::SIGHUP);
+    healthy_for(&c, 10);
+    assert_eq!(c.pid(), master);
+    assert!(alive(master));
+    let doc = c.wait_note(T, "upgrade failed");
+    let note = doc["master"]["note"].as_str().unwrap();
+    assert!(note.contains("session.key"), "{note}");
+    assert!(exe(master).ends_with("(deleted)"), "still the old image");
+}
+
+#[test]
+fn a_binary_others_can_write_is_not_executed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("upgrade-writable");
+    let bin = installed(dir.path());
+    let c = Clusterd::start(Opts::default().workers(1).binary(&bin));
+    deploy(&bin, &rebuilt());
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o757)).unwrap();
+    c.signal(Signal::SIGHUP);
+    let doc = c.wait_note(T, "upgrade failed");
+    let note = doc["master"]["note"].as_str().unwrap();
+    assert!(note.contains("writable by others"), "{note}");
+    assert!(exe(c.pid()).ends_with("(deleted)"), "not executed");
+    assert!(c.log_lines("re-executing the master").is_empty());
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+/// A deploy may install a `#!` wrapper: it is checked and executed from the one descriptor.
+#[test]
+fn a_wrapper_script_is_checked_and_executed() {
+    let dir = TempDir::new("upgrade-script");
+    let bin = installed(dir.path());
+    let c = Clusterd::start(Opts::default().workers(1).binary(&bin));
+    let master = c.pid();
+    let real = dir.path().join("clusterd-real");
+    std::fs::write(&real, rebuilt()).unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    deploy(
+        &bin,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", real.display()).as_bytes(),
+    );
+    let g = c.generation();
+    c.signal(Signal::SIGHUP);
+    c.wait_reloaded(T, g);
+    assert_eq!(c.pid(), master);
+    assert_eq!(exe(master), real.display().to_string());
+    assert_eq!(c.get("/healthz").status, 200);
+}

@@ -18,7 +18,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io::Read;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -31,6 +31,9 @@ use super::handover::Handover;
 use crate::socket::Inherited;
 
 mod legacy;
+mod trust;
+
+pub use self::trust::open_trusted;
 
 /// The environment variable that carries [`State`] across `execve`.
 pub const STATE_ENV: &str = "CLUSTERD_UPGRADE_STATE";
@@ -84,13 +87,29 @@ pub struct Check {
     pub pid: Pid,
     /// Its standard error, read when it has exited.
     stderr: std::process::ChildStderr,
+    /// The new binary, opened once: what is checked is what is executed.
+    image: OwnedFd,
 }
 
 impl Check {
-    /// Runs `path --check-config args...` with the master's environment. The child is never
-    /// waited for through `std`: the master loop reaps it like any child.
-    pub fn start(binary: &Binary) -> std::io::Result<Check> {
-        let mut child = std::process::Command::new(&binary.path)
+    /// Runs the opened `image` with `--check-config` and the master's arguments and
+    /// environment. The child is never waited for through `std`: the master loop reaps it like
+    /// any child.
+    pub fn start(binary: &Binary, image: OwnedFd) -> std::io::Result<Check> {
+        let fd = image.as_raw_fd();
+        let mut command = std::process::Command::new(format!("/proc/self/fd/{fd}"));
+        // SAFETY: fcntl is async-signal-safe and touches only the child's own descriptor table.
+        // Kept open across the exec so that a `#!` script's interpreter can open it by that
+        // name (the kernel hands it /proc/self/fd/N).
+        unsafe {
+            command.pre_exec(move || {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .arg0(binary.argv.first().cloned().unwrap_or_default())
             .arg(CHECK_FLAG)
             .args(binary.argv.iter().skip(1))
@@ -109,22 +128,26 @@ impl Check {
         Ok(Check {
             pid: Pid::from_raw(child.id() as i32),
             stderr,
+            image,
         })
     }
 
-    /// What the checker said, for a failed check: its last line on standard error.
-    pub fn finish(mut self) -> String {
+    /// What the checker said (its last line on standard error, for a failed check), and the
+    /// image it checked, for the `execve`.
+    pub fn finish(mut self) -> (String, OwnedFd) {
         let mut bytes = Vec::new();
         // It has exited: what it wrote is buffered; a pipe still held open ends the read with
         // WouldBlock instead of blocking, and what was read so far stays.
         let _ = (&mut self.stderr).take(64 * 1024).read_to_end(&mut bytes);
         let text = String::from_utf8_lossy(&bytes);
-        text.lines()
+        let said = text
+            .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim()
-            .to_string()
+            .to_string();
+        (said, self.image)
     }
 }
 
@@ -144,6 +167,9 @@ pub struct State {
     pub metrics_fd: Option<RawFd>,
     /// The master that wrote it: a state is only good in the same process.
     pub master_pid: i32,
+    /// The descriptor the new image was executed from, which it closes.
+    #[serde(default)]
+    pub image_fd: Option<RawFd>,
 }
 
 impl State {
@@ -157,6 +183,7 @@ impl State {
             board_fd: None,
             metrics_fd: None,
             master_pid: std::process::id() as i32,
+            image_fd: None,
         }
     }
 
@@ -172,6 +199,7 @@ impl State {
         let mut fds = self.sockets.as_ref().map_or_else(Vec::new, Inherited::fds);
         fds.extend(self.board_fd);
         fds.extend(self.metrics_fd);
+        fds.extend(self.image_fd);
         fds.extend(self.pipes.iter().map(|(_, fd)| *fd));
         fds
     }
@@ -229,9 +257,10 @@ pub fn check_state_version() -> Result<(), UpgradeError> {
     }
 }
 
-/// Replaces this process's image with `binary`, handing `state` over. Returns only on failure,
-/// with everything as it was (descriptors close-on-exec again, the variable removed).
-pub fn exec(binary: &Binary, state: &State) -> std::io::Error {
+/// Replaces this process's image with the checked `image` of `binary`, handing `state` over.
+/// Returns only on failure, with everything as it was (descriptors close-on-exec again, the
+/// variable removed).
+pub fn exec(binary: &Binary, image: &OwnedFd, state: &State) -> std::io::Error {
     let fail = |e: std::io::Error, fds: &[RawFd]| {
         for fd in fds {
             let _ = crate::fd::set_cloexec(*fd, true);
@@ -246,10 +275,6 @@ pub fn exec(binary: &Binary, state: &State) -> std::io::Error {
         Err(e) => return std::io::Error::other(e),
     };
     let to_c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
-    let path = match to_c(binary.path.as_os_str().as_bytes()) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
     let argv: Result<Vec<CString>, _> = binary.argv.iter().map(|a| to_c(a.as_bytes())).collect();
     let argv = match argv {
         Ok(a) => a,
@@ -271,7 +296,8 @@ pub fn exec(binary: &Binary, state: &State) -> std::io::Error {
             CString::new(kv).ok()
         })
         .collect();
-    let e = match nix::unistd::execve(&path, &argv, &env) {
+    // From the descriptor (a `#!` script too: it is not close-on-exec now, see `Check`).
+    let e = match nix::unistd::fexecve(image, &argv, &env) {
         Err(errno) => std::io::Error::from(errno),
         Ok(never) => match never {},
     };
