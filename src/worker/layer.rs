@@ -23,12 +23,19 @@ pub(super) async fn worker_layer(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = std::time::Instant::now();
+    let watch = req.conn_data::<std::rc::Rc<super::watch::Watch>>().cloned();
+    if let Some(w) = &watch {
+        w.request_started();
+    }
     let body = actix_web::HttpMessage::take_payload(&mut req);
     req.set_payload(with_deadline(
         body,
         tokio::time::Instant::now() + read_timeout,
     ));
     let res = next.call(req).await;
+    if let Some(w) = &watch {
+        w.request_done();
+    }
     if let Some(r) = crate::scoreboard::mine() {
         let status = res.as_ref().map_or(500, |r| r.status().as_u16());
         r.count_request(status, started.elapsed());

@@ -12,6 +12,7 @@
 mod layer;
 mod link;
 mod serve;
+mod watch;
 
 use self::layer::Timeouts;
 pub use self::link::MasterLink;

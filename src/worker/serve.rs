@@ -50,10 +50,13 @@ pub(super) async fn serve<A: WorkerApp>(
             .configure(move |cfg| A::configure(&state, cfg))
     })
     .workers(threads)
-    .on_connect(|_, extensions| {
+    .on_connect(move |conn, extensions| {
         if let Some(r) = crate::scoreboard::mine() {
             r.connections.fetch_add(1, Ordering::Relaxed);
             extensions.insert(OpenConnection(r));
+        }
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            extensions.insert(super::watch::Watch::start(tcp.as_raw_fd(), read_timeout));
         }
     })
     // The head of a request within 5 s (actix's default) or the read timeout if shorter; the

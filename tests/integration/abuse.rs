@@ -746,3 +746,61 @@ fn a_forged_state_variable_signals_nothing_it_did_not_fork() {
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
 }
+
+/// Sends `first` on a new connection to `c`, reads its answer, then trickles `rest` one byte
+/// every 2 s; returns how long after the trickle began the server closed the connection.
+fn trickle_after(c: &Clusterd, first: &[u8], rest: &[u8]) -> Duration {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(2000)))
+        .unwrap();
+    s.write_all(first).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let began = Instant::now();
+    for b in rest.iter().cycle() {
+        if began.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        if s.write_all(&[*b]).is_err() {
+            return began.elapsed();
+        }
+        // A read that returns 0 (closed) or an error ends it; a timeout is the 2 s pause.
+        match s.read(&mut buf) {
+            Ok(0) => return began.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return began.elapsed(),
+        }
+    }
+    began.elapsed()
+}
+
+/// `--read-timeout` bounds every head on a keep-alive connection, not only the first, and the
+/// rest of a chunked body the handler did not read; keep-alive itself stays on.
+#[test]
+fn a_later_head_or_an_unread_body_trickled_in_is_cut() {
+    let c = Clusterd::start(Opts::default().workers(1).arg("--read-timeout").arg("3"));
+    let head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let took = trickle_after(&c, head, b"GET /healthz HTTP/1.1\r\nX-Slow: yes\r\n");
+    assert!(
+        took <= Duration::from_secs(6),
+        "second head cut after {took:?}"
+    );
+    let chunked = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let took = trickle_after(&c, chunked, b"1\r\na\r\n");
+    assert!(
+        took <= Duration::from_secs(6),
+        "unread body cut after {took:?}"
+    );
+    // Keep-alive still works: two requests on one connection.
+    let mut conn = KeepAlive::new(c.addr);
+    assert_eq!(conn.get("/healthz", &[]).unwrap().status, 200);
+    assert_eq!(conn.get("/healthz", &[]).unwrap().status, 200);
+}
