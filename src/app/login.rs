@@ -197,9 +197,8 @@ async fn login_checked(
     check_same_site(&req)?;
     let creds = read_credentials(&req, payload).await?;
     let store = &thread.store;
-    let net = req
-        .peer_addr()
-        .map_or_else(|| "unknown".into(), |a| client_network(a.ip()));
+    let client = crate::worker::client_addr(&req);
+    let net = client.map_or_else(|| "unknown".into(), client_network);
     let pair = format!("pair:{net}:{}", creds.username);
     let names = [
         pair.clone(),
@@ -243,7 +242,7 @@ async fn login_checked(
     };
     if !ok {
         count_login(1);
-        tracing::info!(user = %creds.username, failures = counts[0].count, "failed login");
+        tracing::info!(user = %creds.username, client = %net, failures = counts[0].count, "failed login");
         return Err(AppError::Unauthorized("invalid username or password"));
     }
     // Success: this network's failures for the user are forgotten; the attempt is given back

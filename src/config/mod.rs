@@ -75,6 +75,8 @@ pub struct ClusterConfig {
     pub metrics_bind: Option<SocketAddr>,
     /// Host names the metrics server answers to besides its address and `localhost`.
     pub metrics_allowed_hosts: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A worker whose oldest thread heartbeat is older is replaced.
     pub worker_timeout: Duration,
     /// Requests after which a worker is recycled (0: never), and the random extra per worker.

@@ -109,6 +109,9 @@ options! {
         /// Serve Prometheus metrics at /metrics (and the dashboard at /) on this address, from the workers [default: off]
         #[arg(long, env = "CLUSTERD_METRICS_BIND", value_name = "ADDR")]
         pub metrics_bind: Option<SocketAddr>,
+        /// Proxies whose X-Forwarded-For names the client, comma-separated CIDRs (e.g. 127.0.0.1/32,10.0.0.0/8): from one of them the client is the rightmost address in that header that is not itself a trusted proxy; from anyone else, the connection's peer [default: none]
+        #[arg(long, env = "CLUSTERD_TRUSTED_PROXIES", value_name = "CIDR,...")]
+        pub trusted_proxies: Option<String>,
         /// Host names the metrics server answers to besides its own address and localhost, comma-separated (for a Prometheus that scrapes by DNS name); any other Host gets 421 [default: none]
         #[arg(long, env = "CLUSTERD_METRICS_ALLOWED_HOSTS", value_name = "NAME,...")]
         pub metrics_allowed_hosts: Option<String>,

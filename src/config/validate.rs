@@ -55,6 +55,25 @@ fn pick_secs(option: &'static str, n: Option<u64>, default: u64) -> Result<Durat
     Ok(Duration::from_secs(n))
 }
 
+/// `--trusted-proxies`: CIDRs, or single addresses (a /32 or /128).
+fn proxies(list: Option<&str>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "trusted-proxies",
+                        format!("{s:?} is not an address or a CIDR"),
+                    )
+                })
+        })
+        .collect()
+}
+
 const REDIS_SCHEMES: [&str; 6] = [
     "redis://",
     "rediss://",
@@ -160,6 +179,7 @@ impl Config {
                 group: a.group,
                 control_socket: a.control_socket,
                 metrics_bind: a.metrics_bind,
+                trusted_proxies: proxies(a.trusted_proxies.as_deref())?,
                 metrics_allowed_hosts: a
                     .metrics_allowed_hosts
                     .unwrap_or_default()

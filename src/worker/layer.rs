@@ -27,6 +27,7 @@ pub(super) async fn worker_layer(
     if let Some(w) = &watch {
         w.request_started();
     }
+    super::client::record(&req);
     let body = actix_web::HttpMessage::take_payload(&mut req);
     req.set_payload(with_deadline(
         body,

@@ -9,11 +9,13 @@
 //! The parts: `link.rs` (the pipe to the master), `serve.rs` (the HTTP server and its stop),
 //! `layer.rs` (the middleware every request passes: counters, heartbeats, deadlines).
 
+mod client;
 mod layer;
 mod link;
 mod serve;
 mod watch;
 
+pub use self::client::{ClientAddr, client_addr};
 use self::layer::Timeouts;
 pub use self::link::MasterLink;
 pub(crate) use self::link::message;
@@ -97,6 +99,8 @@ pub(crate) struct WorkerSpec<'a, A> {
     pub metrics: Option<RawFd>,
     /// Host names the metrics server answers to besides its address and `localhost`.
     pub metrics_hosts: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// How the worker was asked to stop.
@@ -147,6 +151,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
     test_hooks::slow_boot();
 
     crate::scoreboard::set_mine(spec.board, spec.record);
+    client::set_trusted(spec.trusted_proxies.clone());
     if let Some(r) = crate::scoreboard::mine() {
         r.pid.store(pid as i32, Ordering::Relaxed);
     }

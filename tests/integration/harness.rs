@@ -864,6 +864,26 @@ impl Response {
 }
 
 /// One request on a fresh connection (`Connection: close`).
+/// [`request`] from the loopback address `from` (127.x.y.z): another client, as the server
+/// (or a proxy in front of it) sees it.
+pub fn request_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let source: SocketAddr = (from, 0).into();
+    socket.bind(&source.into())?;
+    socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write_request(&mut stream, method, path, headers, body, false)?;
+    read_response(&mut BufReader::new(stream))
+}
+
 pub fn request(
     addr: SocketAddr,
     method: &str,

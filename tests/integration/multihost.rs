@@ -40,7 +40,8 @@ impl Nginx {
                  upstream hosts {{ {upstream} keepalive 16; }}\n\
                  server {{\n  listen 127.0.0.1:{port};\n  location / {{\n\
                    proxy_pass http://hosts;\n   proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n\
-                   proxy_set_header Host $host;\n   proxy_connect_timeout 1s;\n\
+                   proxy_set_header Host $host;\n\
+                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n   proxy_connect_timeout 1s;\n\
                    proxy_next_upstream error timeout http_502 http_503;\n  }}\n }}\n}}\n"
             ),
         )
@@ -89,7 +90,10 @@ fn hosts(redis: &Redis, key: &std::path::Path, workers: usize) -> Vec<Clusterd> 
                     .workers(workers)
                     .redis(redis)
                     .arg("--session-key-file")
-                    .arg(key.to_str().unwrap()),
+                    .arg(key.to_str().unwrap())
+                    // nginx connects from here and names the client in X-Forwarded-For.
+                    .arg("--trusted-proxies")
+                    .arg("127.0.0.1"),
             )
         })
         .collect()
@@ -216,4 +220,45 @@ fn a_host_killed_under_load_loses_no_request_and_no_session() {
         let r = request(nginx.addr(), "GET", "/me", &[("cookie", cookie)], b"").unwrap();
         assert_eq!(r.status, 200, "no session lost");
     }
+}
+
+/// Behind the proxy every client would be one client (the proxy's address): the throttle must
+/// key on the client nginx names. One client's guesses lock that client out, not everyone.
+#[test]
+fn behind_nginx_one_guessing_client_does_not_lock_out_the_others() {
+    let redis = Redis::start();
+    let dir = TempDir::new("proxied");
+    let key = shared_key(&dir);
+    let hosts = hosts(&redis, &key, 1);
+    let upstream: String = hosts
+        .iter()
+        .map(|h| format!("server 127.0.0.1:{};", h.port))
+        .collect();
+    let nginx = Nginx::start(&upstream);
+    let json = [("content-type", "application/json")];
+    let login = |from: [u8; 4], password: &str| {
+        let body = format!(r#"{{"username":"alice","password":"{password}"}}"#);
+        request_from(from, nginx.addr(), "POST", "/login", &json, body.as_bytes())
+            .unwrap()
+            .status
+    };
+    let guesses: Vec<u16> = (0..25).map(|_| login([127, 0, 6, 1], "wrong")).collect();
+    assert_eq!(
+        guesses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{guesses:?}"
+    );
+    assert_eq!(guesses.last(), Some(&429));
+    assert_eq!(login([127, 0, 6, 2], "wonderland"), 200, "another client");
+    assert_eq!(
+        login([127, 0, 6, 1], "wonderland"),
+        429,
+        "the guessing client"
+    );
+    assert!(
+        hosts
+            .iter()
+            .any(|h| !h.log_lines("client=127.0.6.1").is_empty()),
+        "the log names the client, not the proxy"
+    );
 }
