@@ -77,6 +77,8 @@ pub struct ClusterConfig {
     pub metrics_allowed_hosts: Vec<String>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// A worker whose oldest thread heartbeat is older is replaced.
     pub worker_timeout: Duration,
     /// Requests after which a worker is recycled (0: never), and the random extra per worker.
@@ -189,6 +191,7 @@ impl ClusterConfig {
             control_socket => "control-socket",
             metrics_bind => "metrics-bind",
             max_workers => "max-workers",
+            proxy_protocol => "proxy-protocol",
         );
         (self, changed)
     }

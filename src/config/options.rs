@@ -109,6 +109,9 @@ options! {
         /// Serve Prometheus metrics at /metrics (and the dashboard at /) on this address, from the workers [default: off]
         #[arg(long, env = "CLUSTERD_METRICS_BIND", value_name = "ADDR")]
         pub metrics_bind: Option<SocketAddr>,
+        /// Every connection starts with a PROXY protocol header (v1 or v2) naming the client, as nginx stream's `proxy_protocol on` or HAProxy's `send-proxy-v2` send; one without a valid header is closed unanswered [default: false]
+        #[arg(long, env = "CLUSTERD_PROXY_PROTOCOL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        pub proxy_protocol: Option<bool>,
         /// Proxies whose X-Forwarded-For names the client, comma-separated CIDRs (e.g. 127.0.0.1/32,10.0.0.0/8): from one of them the client is the rightmost address in that header that is not itself a trusted proxy; from anyone else, the connection's peer [default: none]
         #[arg(long, env = "CLUSTERD_TRUSTED_PROXIES", value_name = "CIDR,...")]
         pub trusted_proxies: Option<String>,

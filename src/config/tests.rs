@@ -175,6 +175,7 @@ fn every_default_in_help_is_the_one_applied() {
             "metrics_bind" => shown == "off" && c.metrics_bind.is_none(),
             "metrics_allowed_hosts" => shown == "none" && c.metrics_allowed_hosts.is_empty(),
             "trusted_proxies" => shown == "none" && c.trusted_proxies.is_empty(),
+            "proxy_protocol" => shown == "false" && !c.proxy_protocol,
             "worker_timeout" => shown == secs(c.worker_timeout),
             "max_requests" => shown == c.max_requests.to_string(),
             "max_requests_jitter" => shown == c.max_requests_jitter.to_string(),

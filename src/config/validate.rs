@@ -180,6 +180,7 @@ impl Config {
                 control_socket: a.control_socket,
                 metrics_bind: a.metrics_bind,
                 trusted_proxies: proxies(a.trusted_proxies.as_deref())?,
+                proxy_protocol: a.proxy_protocol.unwrap_or(false),
                 metrics_allowed_hosts: a
                     .metrics_allowed_hosts
                     .unwrap_or_default()

@@ -110,6 +110,7 @@ impl<A: WorkerApp> Master<A> {
             metrics: self.metrics.as_ref().map(AsRawFd::as_raw_fd),
             metrics_hosts: s.config.metrics_allowed_hosts.clone(),
             trusted_proxies: s.config.trusted_proxies.clone(),
+            proxy_protocol: s.config.proxy_protocol,
         };
         // The closure (and the pipe's write end in it) is dropped in the master when `spawn`
         // returns, so the master holds only the read end.

@@ -13,6 +13,11 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
+/// The client a PROXY protocol header named for a connection (`None`: the proxy's own), kept
+/// in the connection's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Proxied(pub(super) Option<IpAddr>);
+
 /// This worker's trusted proxies, set once after `fork`.
 static TRUSTED: OnceLock<Vec<IpNet>> = OnceLock::new();
 
@@ -31,7 +36,8 @@ pub fn client_addr(req: &actix_web::HttpRequest) -> Option<IpAddr> {
 
 /// Resolves and records the client of a request entering the worker.
 pub(super) fn record(req: &actix_web::dev::ServiceRequest) {
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+    let proxied = req.conn_data::<Proxied>().and_then(|p| p.0);
+    let Some(peer) = proxied.or_else(|| req.peer_addr().map(|a| a.ip())) else {
         return;
     };
     let trusted = TRUSTED.get().map_or(&[][..], Vec::as_slice);

@@ -84,6 +84,8 @@ pub(super) struct Timeouts {
     pub(super) graceful: Duration,
     /// A client's time to send a whole request.
     pub(super) read: Duration,
+    /// Every connection starts with a PROXY protocol header.
+    pub(super) proxy_protocol: bool,
 }
 
 /// A request body that fails with `TimedOut` if it has not arrived whole by `deadline`: a

@@ -12,6 +12,7 @@
 mod client;
 mod layer;
 mod link;
+mod proxy;
 mod serve;
 mod watch;
 
@@ -101,6 +102,8 @@ pub(crate) struct WorkerSpec<'a, A> {
     pub metrics_hosts: Vec<String>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// How the worker was asked to stop.
@@ -177,6 +180,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         (spec.app, spec.master, spec.threads, spec.graceful_timeout);
     let read_timeout = spec.read_timeout;
     let metrics_hosts = spec.metrics_hosts.clone();
+    let proxy_protocol = spec.proxy_protocol;
     let result = system.block_on(async {
         // Installed before the app boots (signal handlers need the runtime), so that a TERM
         // during a slow boot is a clean exit rather than the default action.
@@ -186,6 +190,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         let timeouts = Timeouts {
             graceful,
             read: read_timeout,
+            proxy_protocol,
         };
         let _metrics = match metrics {
             Some(l) => Some(crate::metrics::serve(l, metrics_hosts).map_err(|e| {

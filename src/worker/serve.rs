@@ -31,6 +31,12 @@ pub(super) async fn serve<A: WorkerApp>(
 ) -> Result<(), BootError> {
     let graceful_timeout = timeouts.graceful;
     let read_timeout = timeouts.read;
+    let proxy_protocol = timeouts.proxy_protocol;
+    if proxy_protocol {
+        // The header is there when actix hands the connection over (see `proxy.rs`).
+        super::proxy::defer_accept(listener.as_raw_fd(), read_timeout)
+            .map_err(|e| BootError::Transient(format!("TCP_DEFER_ACCEPT on the socket: {e}")))?;
+    }
     let state = app.init(info).await?;
     let listener_fd = listener.as_raw_fd();
     let draining = Arc::new(AtomicBool::new(false));
@@ -55,9 +61,24 @@ pub(super) async fn serve<A: WorkerApp>(
             r.connections.fetch_add(1, Ordering::Relaxed);
             extensions.insert(OpenConnection(r));
         }
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            extensions.insert(super::watch::Watch::start(tcp.as_raw_fd(), read_timeout));
+        let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+            return;
+        };
+        let fd = tcp.as_raw_fd();
+        if proxy_protocol {
+            match super::proxy::take_header(fd) {
+                Ok(client) => {
+                    extensions.insert(super::client::Proxied(client));
+                }
+                Err(why) => {
+                    tracing::debug!("{why}; closing the connection");
+                    // The dispatcher sees the end of the stream and closes it, unanswered.
+                    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+                    return;
+                }
+            }
         }
+        extensions.insert(super::watch::Watch::start(fd, read_timeout));
     })
     // The head of a request within 5 s (actix's default) or the read timeout if shorter; the
     // body within the read timeout counted from the start (`worker_layer`).
@@ -277,6 +298,7 @@ mod tests {
                 Timeouts {
                     graceful: Duration::from_secs(5),
                     read: Duration::from_secs(5),
+                    proxy_protocol: false,
                 },
                 stop,
             ))

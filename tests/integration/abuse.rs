@@ -804,3 +804,80 @@ fn a_later_head_or_an_unread_body_trickled_in_is_cut() {
     assert_eq!(conn.get("/healthz", &[]).unwrap().status, 200);
     assert_eq!(conn.get("/healthz", &[]).unwrap().status, 200);
 }
+
+/// Behind an L4 proxy that speaks the PROXY protocol every connection names its client: the
+/// throttle keys on that client, and a connection without the header gets no answer.
+#[test]
+fn with_the_proxy_protocol_the_header_names_the_client() {
+    use std::io::{Read, Write};
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .arg("--proxy-protocol")
+            .arg("--read-timeout")
+            .arg("2")
+            .no_wait(),
+    );
+    c.wait_ready(Duration::from_secs(20));
+    // What HAProxy's send-proxy (v1) or send-proxy-v2 write before the client's bytes.
+    let v1 =
+        |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 40000 {}\r\n", c.port).into_bytes();
+    let v2 = |client: [u8; 4]| {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+        h.extend_from_slice(&client);
+        h.extend_from_slice(&[127, 0, 0, 1, 0x9c, 0x40]);
+        h.extend_from_slice(&c.port.to_be_bytes());
+        h
+    };
+    let login = |header: Vec<u8>, password: &str| -> u16 {
+        let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&header).unwrap();
+        let body = format!(r#"{{"username":"alice","password":"{password}"}}"#);
+        write_request(
+            &mut s,
+            "POST",
+            "/login",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+            false,
+        )
+        .unwrap();
+        read_response(&mut std::io::BufReader::new(s))
+            .unwrap()
+            .status
+    };
+    let guesses: Vec<u16> = (0..6).map(|_| login(v1("203.0.113.7"), "wrong")).collect();
+    assert_eq!(guesses, [401, 401, 401, 401, 401, 429]);
+    assert_eq!(
+        login(v2([198, 51, 100, 9]), "wonderland"),
+        200,
+        "another client"
+    );
+    assert_eq!(
+        login(v1("203.0.113.7"), "wonderland"),
+        429,
+        "the guessing client"
+    );
+    // Plain HTTP without the header: closed unanswered.
+    let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        buf.is_empty(),
+        "answered: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Nothing at all: closed unanswered within the head deadline (2 s, and a little).
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(buf.is_empty());
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+}
