@@ -259,3 +259,44 @@ fn durable_logins_wait_for_a_replica() {
     assert_eq!(out.status, 503, "{}", out.text());
     assert!(out.header("retry-after").is_some());
 }
+
+/// One of three listed sentinels lies: it monitors another Redis under the same service name
+/// (as a compromised or misconfigured one would). Listed first, it was believed; now the
+/// sentinels that answer must agree, and the liar's primary never hears from clusterd.
+#[test]
+fn a_lying_sentinel_gets_no_command_to_its_primary() {
+    let (primary, _replica, sentinels, _) = group();
+    let fake = Redis::start();
+    let liar = SentinelProcess::start(fake.port);
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}/svc/0",
+        liar.port, sentinels[0].port, sentinels[1].port
+    );
+    let c = Clusterd::start(Opts::default().workers(2).arg("--redis-url").arg(&url));
+    let cookie = c.login("alice", "wonderland");
+    for _ in 0..10 {
+        let r = request(c.addr, "GET", "/me", &[("cookie", &cookie)], b"").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        redis_cli(primary.port, &["KEYS", "clusterd:session:*"])
+            .lines()
+            .count(),
+        1,
+        "the session is on the real primary"
+    );
+    let stats = redis_cli(fake.port, &["INFO", "commandstats"]);
+    for cmd in [
+        "cmdstat_role:",
+        "cmdstat_hello:",
+        "cmdstat_auth:",
+        "cmdstat_set:",
+        "cmdstat_get:",
+        "cmdstat_getex:",
+        "cmdstat_evalsha:",
+        "cmdstat_eval:",
+        "cmdstat_select:",
+    ] {
+        assert!(!stats.contains(cmd), "the liar's primary got {cmd}\n{stats}");
+    }
+}

@@ -46,9 +46,11 @@ pub(super) fn cluster_client(url: &str) -> Result<redis::cluster::ClusterClient,
         .build()
 }
 
-/// `redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE[/DB]`.
+/// `redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE[/DB][?sentinel_username=U&sentinel_password=P]`.
+/// The URL's credentials are the data nodes'; the sentinels' own come in the query.
+/// `rediss+sentinel://` speaks TLS to the sentinels and to the data nodes.
 pub(super) struct Sentinel {
-    /// The sentinels, each as a client (no credentials: those are the data nodes').
+    /// The sentinels, each as a client with the sentinels' credentials, if any.
     pub(super) sentinels: Vec<Client>,
     pub(super) service: String,
     /// `redis://` or `rediss://`, with the credentials, for the data node.
@@ -79,6 +81,23 @@ impl Sentinel {
             Some((auth, rest)) => (format!("{auth}@"), rest),
             None => (String::new(), rest),
         };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut sentinel_auth = (String::new(), String::new());
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("sentinel_username", v)) => sentinel_auth.0 = v.to_string(),
+                Some(("sentinel_password", v)) => sentinel_auth.1 = v.to_string(),
+                _ => {
+                    return Err(invalid(
+                        "the query takes sentinel_username and sentinel_password only",
+                    ));
+                }
+            }
+        }
+        let sentinel_auth = match sentinel_auth {
+            (u, p) if u.is_empty() && p.is_empty() => String::new(),
+            (u, p) => format!("{u}:{p}@"),
+        };
         let (hosts, path) = rest
             .split_once('/')
             .ok_or_else(|| invalid("no /SERVICE after the sentinels"))?;
@@ -95,7 +114,7 @@ impl Sentinel {
         let sentinels = hosts
             .split(',')
             .filter(|h| !h.is_empty())
-            .map(|h| Client::open(format!("redis://{h}")))
+            .map(|h| Client::open(format!("{scheme}{sentinel_auth}{h}")))
             .collect::<Result<Vec<_>, _>>()?;
         if sentinels.is_empty() {
             return Err(invalid("no sentinel address"));
@@ -109,16 +128,16 @@ impl Sentinel {
         })
     }
 
-    /// Asks the sentinels, in turn, for the service's primary; the first that answers wins.
-    /// Then checks with ROLE that the node is a primary (a demoted one answers "slave"), so
-    /// clusterd never writes to a replica.
+    /// Asks every sentinel at once for the service's primary, and uses it only when the
+    /// sentinels that answer agree (one sentinel that lies, or was compromised, must not get the
+    /// data node's password or serve forged sessions). Then checks with ROLE that the node is a
+    /// primary (a demoted one answers "slave"), so clusterd never writes to a replica.
     pub(super) async fn primary(
         &self,
         config: &AsyncConnectionConfig,
     ) -> Result<MultiplexedConnection, String> {
-        let mut last = String::from("no sentinel answered");
-        for sentinel in &self.sentinels {
-            let asked = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let asked = self.sentinels.iter().map(|sentinel| {
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                 let mut c = sentinel
                     .get_multiplexed_async_connection_with_config(config)
                     .await?;
@@ -128,50 +147,119 @@ impl Sentinel {
                     .query_async::<Option<(String, u16)>>(&mut c)
                     .await
             })
-            .await;
-            let (host, port) = match asked {
-                Ok(Ok(Some(addr))) => addr,
-                Ok(Ok(None)) => {
-                    last = format!("sentinels do not know the service {:?}", self.service);
-                    continue;
+        });
+        let answers: Vec<Option<(String, u16)>> = futures_util::future::join_all(asked)
+            .await
+            .into_iter()
+            .filter_map(|a| a.ok().and_then(Result::ok))
+            .collect();
+        let (host, port) = agreed(&answers, self.sentinels.len())
+            .map_err(|why| format!("sentinels for {:?}: {why}", self.service))?;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let url = format!("{}{}{host}:{port}/{}", self.scheme, self.auth, self.db);
+        let client = Client::open(url).map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let mut c = client
+                .get_multiplexed_async_connection_with_config(config)
+                .await?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await?;
+            Ok::<_, RedisError>((c, role))
+        })
+        .await;
+        match conn {
+            Ok(Ok((c, role))) => {
+                let is_primary =
+                    matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master");
+                if is_primary {
+                    Ok(c)
+                } else {
+                    Err(format!("{host}:{port} is not the primary (yet)"))
                 }
-                Ok(Err(e)) => {
-                    last = format!("sentinel: {e}");
-                    continue;
-                }
-                Err(_) => {
-                    last = "sentinel timed out".into();
-                    continue;
-                }
-            };
-            let host = if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host
-            };
-            let url = format!("{}{}{host}:{port}/{}", self.scheme, self.auth, self.db);
-            let client = Client::open(url).map_err(|e| e.to_string())?;
-            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                let mut c = client
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?;
-                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await?;
-                Ok::<_, RedisError>((c, role))
-            })
-            .await;
-            match conn {
-                Ok(Ok((c, role))) => {
-                    let is_primary =
-                        matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master");
-                    if is_primary {
-                        return Ok(c);
-                    }
-                    last = format!("{host}:{port} is not the primary (yet)");
-                }
-                Ok(Err(e)) => last = format!("primary {host}:{port}: {e}"),
-                Err(_) => last = format!("primary {host}:{port}: connect timed out"),
             }
+            Ok(Err(e)) => Err(format!("primary {host}:{port}: {e}")),
+            Err(_) => Err(format!("primary {host}:{port}: connect timed out")),
         }
-        Err(last)
+    }
+}
+
+/// The primary the sentinels that answered agree on: named by more than half of them, and by
+/// at least two when two or more sentinels are listed. `listed` is how many the URL names.
+fn agreed(answers: &[Option<(String, u16)>], listed: usize) -> Result<(String, u16), String> {
+    if answers.is_empty() {
+        return Err("no sentinel answered".into());
+    }
+    let mut votes: Vec<(&(String, u16), usize)> = Vec::new();
+    for addr in answers.iter().flatten() {
+        match votes.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, n)) => *n += 1,
+            None => votes.push((addr, 1)),
+        }
+    }
+    let Some(&(best, n)) = votes.iter().max_by_key(|(_, n)| *n) else {
+        return Err("the sentinels do not know the service".into());
+    };
+    let needed = (answers.len() / 2 + 1).max(listed.min(2));
+    if n >= needed {
+        Ok(best.clone())
+    } else {
+        let named: Vec<String> = votes
+            .iter()
+            .map(|((h, p), n)| format!("{h}:{p} ({n})"))
+            .collect();
+        Err(format!(
+            "no agreement ({} of {} answered; named {}; {needed} needed)",
+            answers.len(),
+            listed,
+            named.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(port: u16) -> Option<(String, u16)> {
+        Some(("127.0.0.1".into(), port))
+    }
+
+    #[test]
+    fn a_primary_needs_the_agreement_of_the_sentinels_that_answer() {
+        assert_eq!(agreed(&[a(1), a(1), a(2)], 3), Ok(("127.0.0.1".into(), 1)));
+        assert!(agreed(&[a(2), a(1)], 3).is_err(), "one against one");
+        assert!(
+            agreed(&[a(2)], 3).is_err(),
+            "one of three listed is not enough"
+        );
+        assert_eq!(agreed(&[a(1)], 1), Ok(("127.0.0.1".into(), 1)));
+        assert_eq!(agreed(&[a(1), a(1)], 3), Ok(("127.0.0.1".into(), 1)));
+        assert!(agreed(&[], 3).is_err());
+        assert!(agreed(&[None, None], 2).is_err());
+    }
+
+    #[test]
+    fn sentinel_urls_carry_the_sentinels_own_credentials_and_tls() {
+        let s = Sentinel::parse(
+            "rediss+sentinel://:datapw@h1:26379,h2:26379/svc/2?sentinel_password=spw",
+        )
+        .unwrap();
+        assert_eq!((s.service.as_str(), s.db.as_str()), ("svc", "2"));
+        assert_eq!((s.scheme, s.auth.as_str()), ("rediss://", ":datapw@"));
+        let info = s.sentinels[0].get_connection_info();
+        assert_eq!(info.redis_settings().password(), Some("spw"));
+        assert!(matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }));
+        let plain = Sentinel::parse("redis+sentinel://h1:26379/svc").unwrap();
+        assert_eq!(
+            plain.sentinels[0]
+                .get_connection_info()
+                .redis_settings()
+                .password(),
+            None
+        );
+        assert!(Sentinel::parse("redis+sentinel://h1/svc?other=1").is_err());
     }
 }
