@@ -42,6 +42,10 @@ pub(super) fn record(req: &actix_web::dev::ServiceRequest) {
     };
     let trusted = TRUSTED.get().map_or(&[][..], Vec::as_slice);
     let client = if trusted.is_empty() {
+        if proxied.is_none() {
+            // The peer, which `client_addr` falls back to anyway: nothing to record.
+            return;
+        }
         peer
     } else {
         let hops: Vec<&str> = req

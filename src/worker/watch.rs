@@ -3,11 +3,11 @@
 //! not read with no deadline at all). Runs in workers, one small task per connection on its
 //! server thread.
 //!
-//! What actix has read is invisible from outside its dispatcher, but the kernel counts every
-//! byte a connection received (`TCP_INFO`, `tcpi_bytes_received`). Between two requests a
-//! connection should receive nothing until the client sends its next request; once bytes come
-//! in, the next request's head must be whole (and reach the app) within `--read-timeout`, and
-//! the rest of a body the app left unread counts the same way. Otherwise the connection is shut
+//! What actix has read is invisible from outside its dispatcher, but the kernel knows when a
+//! connection last received data (`TCP_INFO`, `tcpi_last_data_recv`). Between two requests a
+//! connection should receive nothing until the client sends its next request; once data comes
+//! in after the last answer, the next request's head must be whole (and reach the app) within
+//! `--read-timeout`, and the rest of a body the app left unread counts the same way. Otherwise the connection is shut
 //! down, and actix closes it. An idle keep-alive connection receives nothing and is left to
 //! actix's keep-alive timeout.
 
@@ -16,13 +16,15 @@ use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 /// One connection's state, kept in its extensions.
 pub(super) struct Watch {
     fd: RawFd,
     /// A request is in the app (its body has its own deadline, `layer::with_deadline`).
     in_request: Cell<bool>,
-    /// Bytes received when the last request left the app.
-    settled: Cell<u64>,
+    /// When the app last answered on this connection (the connection's start before that).
+    done_at: Cell<Instant>,
 }
 
 impl Watch {
@@ -31,7 +33,7 @@ impl Watch {
         let w = Rc::new(Watch {
             fd,
             in_request: Cell::new(false),
-            settled: Cell::new(0),
+            done_at: Cell::new(Instant::now()),
         });
         actix_web::rt::spawn(watch(Rc::downgrade(&w), read_timeout));
         w
@@ -43,10 +45,10 @@ impl Watch {
     }
 
     /// The app answered: from here the connection should receive nothing until the next
-    /// request.
+    /// request. (A clock read, no system call: the watch asks the kernel on its own time.)
     pub(super) fn request_done(&self) {
         self.in_request.set(false);
-        self.settled.set(received(self.fd).unwrap_or(0));
+        self.done_at.set(Instant::now());
     }
 }
 
@@ -57,7 +59,8 @@ fn tick(read_timeout: Duration) -> Duration {
 
 async fn watch(w: Weak<Watch>, read_timeout: Duration) {
     let every = tick(read_timeout);
-    let mut since: Option<tokio::time::Instant> = None;
+    // When the first byte after the last answer arrived, as far as a look could tell.
+    let mut since: Option<Instant> = None;
     loop {
         tokio::time::sleep(every).await;
         // Gone with its connection: actix dropped the extensions (on this same thread, so the
@@ -67,15 +70,19 @@ async fn watch(w: Weak<Watch>, read_timeout: Duration) {
             since = None;
             continue;
         }
-        let Some(now_received) = received(w.fd) else {
+        let Some(quiet) = quiet_for(w.fd) else {
             return;
         };
-        if now_received <= w.settled.get() {
+        let now = Instant::now();
+        // The latest arrival: after the last answer means a next head (or the rest of an
+        // unread body) is coming in. Until a look sees that, the latest arrival is the first.
+        let arrived = now.checked_sub(quiet).unwrap_or(now);
+        if arrived <= w.done_at.get() {
             since = None;
             continue;
         }
-        let first = *since.get_or_insert_with(tokio::time::Instant::now);
-        if first.elapsed() >= read_timeout {
+        let first = *since.get_or_insert(arrived);
+        if now.duration_since(first) >= read_timeout {
             tracing::debug!(
                 timeout_s = read_timeout.as_secs(),
                 "a request head or an unread body did not arrive in time; closing the connection"
@@ -87,8 +94,8 @@ async fn watch(w: Weak<Watch>, read_timeout: Duration) {
     }
 }
 
-/// Bytes the connection on `fd` received so far (`TCP_INFO`).
-fn received(fd: RawFd) -> Option<u64> {
+/// How long ago the connection on `fd` last received data (`TCP_INFO`, in milliseconds).
+fn quiet_for(fd: RawFd) -> Option<Duration> {
     // SAFETY: `info` is a plain C struct the kernel fills up to `len` bytes; `fd` is the
     // connection's socket, open while its `Watch` lives (see `watch`).
     unsafe {
@@ -101,7 +108,7 @@ fn received(fd: RawFd) -> Option<u64> {
             (&mut info as *mut nix::libc::tcp_info).cast(),
             &mut len,
         );
-        (rc == 0).then_some(info.tcpi_bytes_received)
+        (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
     }
 }
 
@@ -110,7 +117,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_watch_looks_often_enough_to_cut_within_twice_the_timeout() {
+    fn the_watch_looks_often_enough_to_cut_within_the_timeout_and_a_look() {
         assert_eq!(tick(Duration::from_secs(3)), Duration::from_secs(1));
         assert_eq!(tick(Duration::from_secs(30)), Duration::from_secs(1));
         assert_eq!(tick(Duration::from_millis(300)), Duration::from_millis(250));

@@ -297,6 +297,9 @@ fn a_lying_sentinel_gets_no_command_to_its_primary() {
         "cmdstat_eval:",
         "cmdstat_select:",
     ] {
-        assert!(!stats.contains(cmd), "the liar's primary got {cmd}\n{stats}");
+        assert!(
+            !stats.contains(cmd),
+            "the liar's primary got {cmd}\n{stats}"
+        );
     }
 }
