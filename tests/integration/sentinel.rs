@@ -303,3 +303,116 @@ fn a_lying_sentinel_gets_no_command_to_its_primary() {
         );
     }
 }
+
+/// `rediss+sentinel://`: TLS to the sentinels as well as to the data node, and the sentinels'
+/// own password from the URL's query (the data node has none here).
+#[test]
+fn tls_sentinels_with_a_password_of_their_own() {
+    use crate::sessions::{make_ca, openssl};
+    let dir = TempDir::new("tls-sentinel");
+    let d = dir.path();
+    make_ca(d, "ca");
+    openssl(
+        d,
+        "req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1",
+    );
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        "x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out srv.crt",
+    );
+    let path = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let tls = |port: &str| -> Vec<String> {
+        [
+            "--tls-port",
+            port,
+            "--tls-cert-file",
+            &path("srv.crt"),
+            "--tls-key-file",
+            &path("srv.key"),
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let primary_tls = free_port().to_string();
+    let args = tls(&primary_tls);
+    let primary = Redis::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // One sentinel, TLS only, with a password, watching the primary over TLS.
+    let sentinel_tls = free_port();
+    let conf = d.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\nbind 127.0.0.1\ndir {}\ntls-port {sentinel_tls}\ntls-cert-file {}\n\
+             tls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n\
+             requirepass sentinel-secret\n\
+             sentinel monitor svc 127.0.0.1 {primary_tls} 1\n",
+            d.display(),
+            path("srv.crt"),
+            path("srv.key"),
+            path("ca.crt")
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new(Redis::binary())
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting a sentinel");
+    let url = |query: &str| format!("rediss+sentinel://127.0.0.1:{sentinel_tls}/svc/0{query}");
+    let with = |query: &str| {
+        Clusterd::start(
+            Opts::default()
+                .workers(1)
+                .arg("--redis-url")
+                .arg(url(query))
+                .env("SSL_CERT_FILE", path("ca.crt")),
+        )
+    };
+    let c = with("?sentinel_password=sentinel-secret");
+    let cookie = eventually(
+        Duration::from_secs(15),
+        "a login through the TLS sentinel",
+        || {
+            let body = br#"{"username":"alice","password":"wonderland"}"#;
+            request(
+                c.addr,
+                "POST",
+                "/login",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| r.cookie())
+        },
+    );
+    assert_eq!(
+        request(c.addr, "GET", "/me", &[("cookie", &cookie)], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(primary.keys("clusterd:session:*").len(), 1);
+    // Without the sentinels' password they do not answer: 503, not a guess.
+    let refused = with("");
+    let body = br#"{"username":"alice","password":"wonderland"}"#;
+    let r = request(
+        refused.addr,
+        "POST",
+        "/login",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+}

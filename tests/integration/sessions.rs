@@ -167,7 +167,7 @@ fn redis_acl_user_database_and_prefix_come_from_the_configuration() {
 }
 
 /// Runs openssl with `args` (split at spaces); the TLS test makes its certificates with it.
-fn openssl(dir: &Path, args: &str) {
+pub(crate) fn openssl(dir: &Path, args: &str) {
     let args: Vec<&str> = args.split_whitespace().collect();
     let out = std::process::Command::new("openssl")
         .args(&args)
@@ -182,7 +182,7 @@ fn openssl(dir: &Path, args: &str) {
 }
 
 /// A self-signed CA: `name.key`, `name.crt`.
-fn make_ca(dir: &Path, name: &str) {
+pub(crate) fn make_ca(dir: &Path, name: &str) {
     openssl(
         dir,
         &format!(
