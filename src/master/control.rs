@@ -6,7 +6,8 @@
 //! Only its owner can use it: it is bound under a umask (no chmod by path afterwards) in a
 //! directory that only root or the master's user can write (by default `/run/clusterd` for a
 //! master run as root without systemd's `RuntimeDirectory=`), and both ends check the other's
-//! credentials (`SO_PEERCRED`: root or the master's own user).
+//! credentials (`SO_PEERCRED`: root or the master's own user; the client also trusts the user
+//! who alone can write the socket's directory, as a `DynamicUser=` service's runtime directory).
 //!
 //! The master never blocks on a client: clients are non-blocking and sit in the poll set, each
 //! with one deadline for sending its line and taking its answer, and a turn accepts a bounded
@@ -59,6 +60,17 @@ pub fn default_path(data_dir: &Path, runtime_directory: Option<&Path>, root: boo
 /// Whether a peer with this uid may talk to us: root, or our own user.
 fn trusted(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+/// Whether `uid` owns the directory `path` is in, and nobody else may write there: then only
+/// that user (or root) could have put a socket at `path`. A service under systemd's
+/// `DynamicUser=` has its runtime directory so, and root's `clusterd status` trusts its master.
+fn owns_dir_alone(path: &Path, uid: u32) -> bool {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::metadata(dir).is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0)
 }
 
 /// The uid of the process at the other end of a Unix socket.
@@ -306,7 +318,7 @@ pub fn ask(path: &Path, line: &str) -> Result<serde_json::Value, String> {
         )
     })?;
     match peer_uid(&stream) {
-        Some(uid) if trusted(uid) => {}
+        Some(uid) if trusted(uid) || owns_dir_alone(path, uid) => {}
         other => {
             return Err(format!(
                 "{}: answered by uid {}, not root or this user: refusing to trust it",

@@ -584,10 +584,12 @@ fn the_workers_user_cannot_answer_for_the_master() {
         .expect("setpriv: apt-get install -y util-linux");
     assert!(!planted.success(), "nobody wrote into /run/clusterd");
 
-    // A clusterd the workers' user runs on a socket of its own: a fake master.
+    // A clusterd the workers' user runs on a socket it can put where root might look (in
+    // /tmp, which is root's and sticky): a fake master.
     let fake_dir = TempDir::new("control-fake");
     std::os::unix::fs::chown(fake_dir.path(), Some(65534), Some(65534)).unwrap();
-    let fake_sock = fake_dir.path().join("fake.sock");
+    let fake_sock = std::env::temp_dir().join(format!("clusterd-fake-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&fake_sock);
     let _fake = Clusterd::start(
         Opts::default()
             .workers(1)
@@ -620,6 +622,7 @@ fn the_workers_user_cannot_answer_for_the_master() {
         );
         assert!(err.contains("not root or this user"), "{err}");
     }
+    let _ = std::fs::remove_file(&fake_sock);
 }
 
 /// DNS rebinding: a page elsewhere that a browser fetches under a name rebound to loopback
