@@ -52,6 +52,9 @@ impl Watch {
     }
 }
 
+/// More than a kernel jiffy at any common `HZ` (100 Hz: 10 ms).
+const JIFFY_SLACK: Duration = Duration::from_millis(20);
+
 /// How often the watch looks: a third of the read timeout, within 250 ms to 1 s.
 fn tick(read_timeout: Duration) -> Duration {
     (read_timeout / 3).clamp(Duration::from_millis(250), Duration::from_secs(1))
@@ -77,7 +80,9 @@ async fn watch(w: Weak<Watch>, read_timeout: Duration) {
         // The latest arrival: after the last answer means a next head (or the rest of an
         // unread body) is coming in. Until a look sees that, the latest arrival is the first.
         let arrived = now.checked_sub(quiet).unwrap_or(now);
-        if arrived <= w.done_at.get() {
+        // The kernel counts that time in jiffies (4 - 10 ms), so the first byte of a next head
+        // sent right after the answer can look older than the answer; a little slack counts it.
+        if arrived + JIFFY_SLACK <= w.done_at.get() {
             since = None;
             continue;
         }
