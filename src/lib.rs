@@ -41,6 +41,15 @@
 //! Implement [`WorkerApp`] and hand it to [`Master`]; `examples/hello.rs` shows the whole
 //! program.
 
+#![deny(missing_docs)]
+
+// The master reads signals from a signalfd, maps the scoreboard from a memfd, and workers use
+// PR_SET_PDEATHSIG: all Linux. Say so at once, not with a screen of unresolved imports.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "clusterd runs on Linux only (signalfd, memfd, PR_SET_PDEATHSIG, SO_REUSEPORT steering)"
+);
+
 pub mod app;
 pub mod config;
 pub mod fd;

@@ -42,7 +42,7 @@ options! {
     #[derive(Debug, Clone, Default, PartialEq, ClapArgs, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     pub struct Args {
-        /// Address to listen on, IPv4 or [IPv6]:port [default: 127.0.0.1:8080]
+        /// Address to listen on, IPv4:port, or an IPv6 address in brackets and a port [default: 127.0.0.1:8080]
         #[arg(long, env = "CLUSTERD_BIND", value_name = "ADDR")]
         pub bind: Option<SocketAddr>,
         /// Worker processes [default: CPUs available to the process]
@@ -103,7 +103,7 @@ options! {
         /// Durable logins: a new session must reach this many Redis replicas (WAIT, 300 ms) before the login answers, else 503; not with redis+cluster [default: 0]
         #[arg(long, env = "CLUSTERD_REDIS_WAIT_REPLICAS", value_name = "N")]
         pub redis_wait_replicas: Option<u32>,
-        /// Unix socket of the master for `clusterd status|scale|reload` (mode 0600) [default: $RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-<hash of the data dir>.sock, else control.sock in the data dir]
+        /// Unix socket of the master for `clusterd status|scale|reload` (mode 0600) [default: $RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-HASH.sock (HASH: of the data dir), else control.sock in the data dir]
         #[arg(long, env = "CLUSTERD_CONTROL_SOCKET", value_name = "PATH")]
         pub control_socket: Option<PathBuf>,
         /// Serve Prometheus metrics at /metrics (and the dashboard at /) on this address, from the workers [default: off]

@@ -169,7 +169,7 @@ fn every_default_in_help_is_the_one_applied() {
             "redis_wait_replicas" => shown == s.wait_replicas.to_string(),
             "control_socket" => {
                 shown
-                    == "$RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-<hash of the data dir>.sock, else control.sock in the data dir"
+                    == "$RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-HASH.sock (HASH: of the data dir), else control.sock in the data dir"
                     && c.control_socket.is_none()
             }
             "metrics_bind" => shown == "off" && c.metrics_bind.is_none(),

@@ -1,10 +1,10 @@
 //! The read ends of the workers' pipes, read a bounded amount per turn. Runs in the master, at
 //! the edge.
 //!
-//! One `read` of at most [`READ_MAX`] bytes per pipe per turn: a worker that keeps writing
+//! One `read` of at most `READ_MAX` bytes per pipe per turn: a worker that keeps writing
 //! cannot keep the master in a loop (no reaping, no signals, no watchdog). A working worker
 //! writes a handful of bytes in its whole life (ready, health changes, socket closed), so more
-//! than [`FLOOD`] in one turn is reported as a broken protocol and the worker is replaced.
+//! than `FLOOD` in one turn is reported as a broken protocol and the worker is replaced.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 

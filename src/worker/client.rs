@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use actix_web::HttpMessage;
 use ipnet::IpNet;
 
-/// The client of a request, as [`resolve`] decided; read it with [`client_addr`].
+/// The client of a request, as `resolve` decided; read it with [`client_addr`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 

@@ -43,7 +43,7 @@ impl MasterLink {
         }))
     }
 
-    /// A link to no master: reports go nowhere. For running a [`WorkerApp`] on its own, as
+    /// A link to no master: reports go nowhere. For running a [`WorkerApp`](super::WorkerApp) on its own, as
     /// the app's tests do.
     pub fn detached() -> Self {
         MasterLink(Arc::new(LinkInner {
