@@ -173,14 +173,7 @@ pub fn prepare_data_dir(
         )));
     }
     // The generated key, if there is one, must be a regular file too (read later, as root).
-    files::open(
-        &dir.join(GENERATED_NAME),
-        Open {
-            follow: false,
-            create: None,
-            write: false,
-        },
-    )?;
+    regular_if_there(&dir.join(GENERATED_NAME))?;
     if embedded_store {
         // Checked before SQLite, running as root here, opens or creates anything.
         for name in STORE_FILES {
@@ -247,27 +240,27 @@ pub fn check_data_dir(
             key_from(&path, file)?;
         }
     } else {
-        files::open(
-            &dir.join(GENERATED_NAME),
-            Open {
-                follow: false,
-                create: None,
-                write: false,
-            },
-        )?;
+        regular_if_there(&dir.join(GENERATED_NAME))?;
     }
     if embedded_store {
         for name in STORE_FILES {
-            files::open(
-                &dir.join(name),
-                Open {
-                    follow: false,
-                    create: None,
-                    write: false,
-                },
-            )?;
+            regular_if_there(&dir.join(name))?;
         }
     }
+    Ok(())
+}
+
+/// A file of the data dir, if it exists, is a regular file and not a link (opened read-only,
+/// never followed, nothing created).
+fn regular_if_there(path: &Path) -> Result<(), KeyError> {
+    files::open(
+        path,
+        Open {
+            follow: false,
+            create: None,
+            write: false,
+        },
+    )?;
     Ok(())
 }
 

@@ -654,22 +654,9 @@ fn the_metrics_server_answers_only_its_own_host_names() {
 
 /// One login for alice from the loopback address `from`.
 fn login_from(c: &Clusterd, from: [u8; 4], password: &str) -> u16 {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let source: std::net::SocketAddr = (from, 0).into();
-    socket.bind(&source.into()).unwrap();
-    socket.connect(&c.addr.into()).unwrap();
-    let mut s: std::net::TcpStream = socket.into();
     let body = format!(r#"{{"username":"alice","password":"{password}"}}"#);
-    write_request(
-        &mut s,
-        "POST",
-        "/login",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-        false,
-    )
-    .unwrap();
-    read_response(&mut std::io::BufReader::new(s))
+    let json = [("content-type", "application/json")];
+    request_from(from, c.addr, "POST", "/login", &json, body.as_bytes())
         .unwrap()
         .status
 }

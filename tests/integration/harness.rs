@@ -878,10 +878,7 @@ pub fn request_from(
     let source: SocketAddr = (from, 0).into();
     socket.bind(&source.into())?;
     socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write_request(&mut stream, method, path, headers, body, false)?;
-    read_response(&mut BufReader::new(stream))
+    exchange(socket.into(), method, path, headers, body)
 }
 
 pub fn request(
@@ -891,7 +888,18 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    exchange(stream, method, path, headers, body)
+}
+
+/// One request on a connected stream and its response (20 s at most), then the stream closes.
+fn exchange(
+    mut stream: TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     write_request(&mut stream, method, path, headers, body, false)?;
     read_response(&mut BufReader::new(stream))
