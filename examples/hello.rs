@@ -1,22 +1,51 @@
-//! A custom app under the clusterd master: `cargo run --example hello`, then
-//! `curl 127.0.0.1:8081/` a few times and see different workers answer. The master handles the
-//! same signals as the `clusterd` binary (TERM, INT, QUIT, HUP, TTIN, TTOU).
-
-use std::time::Duration;
+//! Your app, clustered: the whole `clusterd` program around a two-route app. Run it with
+//! `cargo run --example hello -- --bind 127.0.0.1:8081 --greeting hi`, then `curl` it a few
+//! times and see different workers answer. It has every option of `clusterd` (`--help`),
+//! `hello status|scale|reload`, systemd socket activation and notify, `/metrics`, in-place
+//! upgrades of its own binary, and `--watch` for a development loop.
 
 use actix_web::{HttpResponse, web};
-use clusterd::{BootError, ClusterConfig, Master, WorkerApp, WorkerInfo};
+use clusterd::counter::{self, Counter};
+use clusterd::{BootError, Service, Setup, WorkerApp, WorkerInfo};
 
-/// The app. It holds what the master prepared before forking (here: a greeting).
-struct Hello {
+/// The app's own options: flags, environment variables and config-file keys, beside clusterd's.
+#[derive(Debug, Clone, clap::Args)]
+struct Options {
+    /// What every answer starts with (re-read from the config file on reload)
+    #[arg(
+        long,
+        env = "HELLO_GREETING",
+        value_name = "TEXT",
+        default_value = "hello"
+    )]
     greeting: String,
 }
 
-/// Per-worker state, created after fork in each worker.
+/// What the master prepared before forking: the greeting and the counter.
+struct Hello {
+    greeting: String,
+    served: Counter,
+}
+
+/// Per-worker state, made after the fork in each worker.
 #[derive(Clone)]
 struct State {
     greeting: String,
     worker: u64,
+    served: Counter,
+}
+
+impl Service for Hello {
+    type Options = Options;
+    const NAME: &'static str = "hello";
+
+    /// In the master: at start and on every reload (the new workers get the new greeting).
+    fn build(options: Options, _: &Setup<'_>) -> Result<Self, BootError> {
+        Ok(Hello {
+            greeting: options.greeting,
+            served: counter::counter("hello_greetings_total", "Greetings served"),
+        })
+    }
 }
 
 impl WorkerApp for Hello {
@@ -27,6 +56,7 @@ impl WorkerApp for Hello {
         Ok(State {
             greeting: self.greeting.clone(),
             worker: worker.id,
+            served: self.served,
         })
     }
 
@@ -35,6 +65,7 @@ impl WorkerApp for Hello {
         cfg.route(
             "/",
             web::get().to(move || {
+                state.served.inc();
                 let body = format!("{} from worker {}\n", state.greeting, state.worker);
                 async move { HttpResponse::Ok().body(body) }
             }),
@@ -42,18 +73,6 @@ impl WorkerApp for Hello {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    clusterd::log::init(clusterd::log::Format::Plain);
-    let config = ClusterConfig {
-        bind: "127.0.0.1:8081".parse()?,
-        workers: 2,
-        graceful_timeout: Duration::from_secs(10),
-        ..ClusterConfig::default()
-    };
-    let sockets = clusterd::socket::Sockets::bind(config.sockets, config.bind, config.backlog)?;
-    let app = Hello {
-        greeting: "hello".into(),
-    };
-    Master::new(app, config, sockets)?.run()?;
-    Ok(())
+fn main() -> std::process::ExitCode {
+    clusterd::run::<Hello>()
 }

@@ -50,14 +50,17 @@ compile_error!(
     "clusterd runs on Linux only (signalfd, memfd, PR_SET_PDEATHSIG, SO_REUSEPORT steering)"
 );
 
+#[cfg(feature = "demo")]
 pub mod app;
 pub mod config;
+pub mod counter;
 pub mod fd;
 pub mod log;
 pub mod master;
 pub mod metrics;
 pub mod privileges;
 pub mod process;
+pub mod program;
 pub mod scoreboard;
 pub mod session;
 pub mod signals;
@@ -68,4 +71,5 @@ pub mod worker;
 
 pub use config::{ClusterConfig, Config};
 pub use master::{Master, MasterError, Reloaded};
-pub use worker::{BootError, WorkerApp, WorkerInfo};
+pub use program::{Service, Setup, run};
+pub use worker::{BootError, Health, WorkerApp, WorkerInfo};

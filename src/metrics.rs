@@ -17,7 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::scoreboard::{self, Board, DURATION_BUCKETS, LOGIN_OUTCOMES, Record, STORE_OPS};
+use crate::counter::Unit;
+use crate::scoreboard::{self, Board, DURATION_BUCKETS, Record};
 
 /// Starts the metrics server on `listener` (one thread) and returns its handle. It answers only
 /// requests whose `Host` is its own address, `localhost`, or one of `names` (with or without
@@ -202,10 +203,6 @@ pub fn render(board: Board) -> Result<String, std::fmt::Error> {
             .map(|b| (b, 0))
             .collect(),
     };
-    let logins = Family::<Labels, Counter<u64>>::default();
-    let store_ops = Family::<Labels, Counter<u64>>::default();
-    let store_errors = Counter::<u64>::default();
-    let store_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
     for r in &live {
         let worker = load(&r.id).to_string();
         let slot = load(&r.slot).to_string();
@@ -235,18 +232,6 @@ pub fn render(board: Board) -> Result<String, std::fmt::Error> {
             durations.count += n;
         }
         durations.sum += load(&r.duration_sum_us) as f64 / 1e6;
-        for (i, outcome) in LOGIN_OUTCOMES.iter().enumerate() {
-            logins
-                .get_or_create(&vec![("outcome", outcome.to_string())])
-                .inc_by(load(&r.logins[i]));
-        }
-        for (i, op) in STORE_OPS.iter().enumerate() {
-            store_ops
-                .get_or_create(&vec![("op", op.to_string())])
-                .inc_by(load(&r.store_ops[i]));
-        }
-        store_errors.inc_by(load(&r.store_errors));
-        store_seconds.inc_by(load(&r.store_us) as f64 / 1e6);
     }
     reg.register(
         "clusterd_http_requests",
@@ -268,29 +253,59 @@ pub fn render(board: Board) -> Result<String, std::fmt::Error> {
         "Age of the oldest server-thread heartbeat, by worker",
         heartbeat,
     );
-    reg.register(
-        "clusterd_logins",
-        "Login attempts by outcome: ok, failed (wrong name or password), throttled (429), shed (503, hashing pool full)",
-        logins,
-    );
-    reg.register(
-        "clusterd_session_store_operations",
-        "Session-store operations, by kind",
-        store_ops,
-    );
-    reg.register(
-        "clusterd_session_store_errors",
-        "Session-store operations that failed",
-        store_errors,
-    );
-    reg.register(
-        "clusterd_session_store_duration_seconds",
-        "Time spent in session-store operations",
-        store_seconds,
-    );
+    app_counters(&mut reg);
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)
+}
+
+/// The app's counters ([`crate::counter`]): one metric per name, a family when it has labels.
+fn app_counters(reg: &mut Registry) {
+    let Some(board) = crate::counter::board() else {
+        return;
+    };
+    type Floats = Counter<f64, std::sync::atomic::AtomicU64>;
+    type AppLabels = Vec<(String, String)>;
+    let totals = crate::counter::totals(board);
+    let mut done: Vec<&str> = Vec::new();
+    for (desc, _) in &totals {
+        if done.contains(&desc.name.as_str()) {
+            continue;
+        }
+        done.push(&desc.name);
+        let same = totals.iter().filter(|(d, _)| d.name == desc.name);
+        let (name, help) = (desc.name.clone(), desc.help.clone());
+        match (desc.unit, desc.labels.is_empty()) {
+            (Unit::Count, true) => {
+                let c = Counter::<u64>::default();
+                for (_, n) in same {
+                    c.inc_by(*n);
+                }
+                reg.register(name, help, c);
+            }
+            (Unit::Seconds, true) => {
+                let c = Floats::default();
+                for (_, us) in same {
+                    c.inc_by(*us as f64 / 1e6);
+                }
+                reg.register(name, help, c);
+            }
+            (Unit::Count, false) => {
+                let f = Family::<AppLabels, Counter<u64>>::default();
+                for (d, n) in same {
+                    f.get_or_create(&d.labels).inc_by(*n);
+                }
+                reg.register(name, help, f);
+            }
+            (Unit::Seconds, false) => {
+                let f = Family::<AppLabels, Floats>::default();
+                for (d, us) in same {
+                    f.get_or_create(&d.labels).inc_by(*us as f64 / 1e6);
+                }
+                reg.register(name, help, f);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

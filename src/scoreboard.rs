@@ -153,6 +153,15 @@ pub struct BoardError {
     source: nix::Error,
 }
 
+impl BoardError {
+    pub(crate) fn adopting() -> BoardError {
+        BoardError {
+            op: "adopting the inherited descriptor",
+            source: nix::Error::EBADF,
+        }
+    }
+}
+
 /// The mapping: a [`Header`], then the records.
 pub struct Scoreboard {
     fd: OwnedFd,
@@ -174,29 +183,8 @@ const HEADER_LEN: usize = std::mem::size_of::<Header>().next_multiple_of(64);
 impl Scoreboard {
     /// Makes a board of `n` records.
     pub fn create(n: usize) -> Result<Self, BoardError> {
-        let fd = nix::sys::memfd::memfd_create(
-            c"clusterd-scoreboard",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
-        )
-        .map_err(|source| BoardError {
-            op: "memfd_create",
-            source,
-        })?;
         let len = HEADER_LEN + n.max(1) * std::mem::size_of::<Record>();
-        nix::unistd::ftruncate(&fd, len as i64).map_err(|source| BoardError {
-            op: "ftruncate",
-            source,
-        })?;
-        // Its size is fixed for good: a worker (or anything that gets at the descriptor through
-        // /proc) that truncated it would make every reader of the mapping, the master first,
-        // die of SIGBUS.
-        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|source| BoardError {
-            op: "sealing the memfd",
-            source,
-        })?;
-        Self::map(fd)
+        Self::map(sealed_memfd(c"clusterd-scoreboard", len)?)
     }
 
     /// Maps a board made by the previous image of this process (an upgrade).
@@ -209,35 +197,13 @@ impl Scoreboard {
     }
 
     fn map(fd: OwnedFd) -> Result<Self, BoardError> {
-        let len = nix::sys::stat::fstat(&fd)
-            .map_err(|source| BoardError {
-                op: "fstat",
-                source,
-            })?
-            .st_size as usize;
+        let (base, len) = map_shared(&fd)?;
         let n = len.saturating_sub(HEADER_LEN) / std::mem::size_of::<Record>();
-        let size = std::num::NonZeroUsize::new(HEADER_LEN + n * std::mem::size_of::<Record>())
-            .expect("non-zero");
-        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
-        // SAFETY: a fresh shared mapping of the memfd, never unmapped (it lives as long as the
-        // process, so the 'static slice below stays valid); the file is at least `size` long.
-        let ptr = unsafe {
-            mmap(
-                None,
-                size,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(|source| BoardError { op: "mmap", source })?;
         // SAFETY: the mapping is page-aligned, so the header at its start and the records at
-        // HEADER_LEN (a multiple of 64) are aligned; it is HEADER_LEN + n records long;
+        // HEADER_LEN (a multiple of 64) are aligned; it is at least HEADER_LEN + n records long;
         // zero-filled by the kernel (all zeros is a valid Header and Record: atomics only); and
         // shared memory that other processes change only through atomics.
         let board = unsafe {
-            let base = ptr.as_ptr().cast::<u8>();
             Board {
                 header: &*base.cast::<Header>(),
                 records: std::slice::from_raw_parts(base.add(HEADER_LEN).cast::<Record>(), n),
@@ -255,6 +221,47 @@ impl Scoreboard {
     pub fn board(&self) -> Board {
         self.board
     }
+}
+
+/// A memfd of `len` bytes whose size is fixed for good: a worker (or anything that gets at the
+/// descriptor through /proc) that truncated it would make every reader of the mapping, the
+/// master first, die of SIGBUS.
+pub(crate) fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> Result<OwnedFd, BoardError> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let err = |op| move |source| BoardError { op, source };
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+        .map_err(err("memfd_create"))?;
+    nix::unistd::ftruncate(&fd, len as i64).map_err(err("ftruncate"))?;
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(err("sealing the memfd"))?;
+    Ok(fd)
+}
+
+/// Maps all of `fd` shared, for the life of the process; its start and its length.
+pub(crate) fn map_shared(fd: &OwnedFd) -> Result<(*mut u8, usize), BoardError> {
+    let err = |op| move |source| BoardError { op, source };
+    let len = nix::sys::stat::fstat(fd).map_err(err("fstat"))?.st_size as usize;
+    let size = std::num::NonZeroUsize::new(len).ok_or(BoardError {
+        op: "mapping an empty board",
+        source: nix::Error::EINVAL,
+    })?;
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+    // SAFETY: a fresh shared mapping of the memfd, never unmapped (it lives as long as the
+    // process, so the 'static references made from it stay valid); the file is `len` long and
+    // sealed against shrinking.
+    let ptr = unsafe {
+        mmap(
+            None,
+            size,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd,
+            0,
+        )
+    }
+    .map_err(err("mmap"))?;
+    Ok((ptr.as_ptr().cast::<u8>(), len))
 }
 
 /// The board and this worker's record, set once when a worker boots.

@@ -208,7 +208,7 @@ async fn login_checked(
     let limits = [PAIR_FAILURE_LIMIT, USER_FAILURE_LIMIT, ADDR_FAILURE_LIMIT];
     // A place in the hashing pool first: a login the pool would shed is answered without
     // touching the store.
-    use crate::scoreboard::count_login;
+    use super::metrics::login as count_login;
     // Outcomes, by LOGIN_OUTCOMES: 0 ok, 1 failed, 2 throttled, 3 shed.
     let place = state.hasher.place().map_err(|hasher::Busy| {
         count_login(3);

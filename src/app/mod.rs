@@ -12,7 +12,10 @@
 pub mod error;
 pub mod hasher;
 mod login;
+pub mod metrics;
 pub mod page;
+pub mod service;
+pub mod store;
 pub mod users;
 use self::login::{login, logout, me};
 #[cfg(test)]
@@ -31,8 +34,8 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpResponse, web};
 
-use crate::config::SessionConfig;
-use crate::session::Store;
+use self::service::SessionConfig;
+use self::store::Store;
 use crate::session::redis::RedisStore;
 use crate::session::sqlite::SqliteStore;
 use crate::worker::{BootError, WorkerApp, WorkerInfo};
@@ -80,8 +83,8 @@ pub struct DemoState {
     users: Arc<Users>,
     key: Key,
     session: Arc<SessionConfig>,
-    /// Whether the store answered when the worker booted (the probes take over from there).
-    up_at_boot: bool,
+    /// Whether the store answers: at boot, then as the server threads' probes find it.
+    up: Arc<AtomicBool>,
     /// The worker's password-hashing threads.
     hasher: hasher::Hasher,
 }
@@ -92,19 +95,16 @@ pub struct DemoState {
 #[derive(Clone)]
 struct ThreadStore {
     store: Store,
-    up: Arc<AtomicBool>,
 }
 
 impl DemoState {
     fn open_store(&self) -> Result<Store, BootError> {
         let s = &self.session;
         Ok(match &s.redis_url {
-            Some(url) => Store::Redis(
-                RedisStore::new(url, &s.prefix, s.idle_timeout, s.wait_replicas).map_err(|e| {
-                    BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url)))
-                })?,
-            ),
-            None => Store::Sqlite(SqliteStore::open(&s.data_dir, s.idle_timeout).map_err(|e| {
+            Some(url) => Store::Redis(RedisStore::new(url, &s.prefix, s.wait_replicas).map_err(
+                |e| BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url))),
+            )?),
+            None => Store::Sqlite(SqliteStore::open(&s.data_dir).map_err(|e| {
                 BootError::Config(format!(
                     "opening the embedded store in {}: {e}",
                     s.data_dir.display()
@@ -118,12 +118,12 @@ impl WorkerApp for DemoApp {
     type State = DemoState;
 
     async fn init(&self, worker: &WorkerInfo) -> Result<DemoState, BootError> {
-        let mut state = DemoState {
+        let state = DemoState {
             worker: worker.clone(),
             users: Arc::clone(&self.users),
             key: self.key.clone(),
             session: Arc::new(self.session.clone()),
-            up_at_boot: false,
+            up: Arc::new(AtomicBool::new(false)),
             hasher: hasher::Hasher::new(self.hash_threads, HASH_QUEUE)
                 .map_err(|e| BootError::Transient(format!("starting hashing threads: {e}")))?,
         };
@@ -131,8 +131,10 @@ impl WorkerApp for DemoApp {
         let store = state.open_store()?;
         // A worker starts even when Redis is down (degraded); requests that need a session get
         // 503 until it answers.
-        state.up_at_boot = store.ping().await.is_ok();
-        if !state.up_at_boot {
+        state
+            .up
+            .store(store.ping().await.is_ok(), Ordering::Relaxed);
+        if !state.up.load(Ordering::Relaxed) {
             tracing::warn!(
                 store = store.kind(),
                 "session store not reachable at boot; serving degraded"
@@ -144,6 +146,24 @@ impl WorkerApp for DemoApp {
         Ok(state)
     }
 
+    fn health(state: &DemoState) -> crate::worker::Health {
+        let up = state.up.load(Ordering::Relaxed);
+        let kind = if state.session.redis_url.is_some() {
+            "redis"
+        } else {
+            "sqlite"
+        };
+        let mut details = serde_json::Map::new();
+        details.insert(
+            "store".into(),
+            serde_json::json!({ "kind": kind, "status": if up { "up" } else { "down" } }),
+        );
+        crate::worker::Health {
+            degraded: !up,
+            details,
+        }
+    }
+
     fn configure(state: &DemoState, cfg: &mut web::ServiceConfig) {
         // Runs on the server thread, inside its runtime. `init` opened a store with the same
         // settings a moment ago, so a failure here is an environment change: the thread's
@@ -151,18 +171,14 @@ impl WorkerApp for DemoApp {
         let store = state
             .open_store()
             .unwrap_or_else(|e| panic!("opening the session store for a server thread: {e}"));
-        let thread = ThreadStore {
-            store,
-            up: Arc::new(AtomicBool::new(state.up_at_boot)),
-        };
+        let thread = ThreadStore { store };
         spawn_probe(
             thread.store.clone(),
-            Arc::clone(&thread.up),
+            Arc::clone(&state.up),
             state.worker.link.clone(),
         );
         cfg.app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(thread.clone()))
-            .route("/healthz", web::get().to(healthz))
             .service(with_session(
                 state,
                 &thread,
@@ -264,16 +280,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-async fn healthz(state: web::Data<DemoState>, thread: web::Data<ThreadStore>) -> HttpResponse {
-    let up = thread.up.load(Ordering::Relaxed);
-    HttpResponse::Ok().json(serde_json::json!({
-        "status": if up { "ok" } else { "degraded" },
-        "worker_pid": state.worker.pid,
-        "worker_id": state.worker.id,
-        "store": { "kind": thread.store.kind(), "status": if up { "up" } else { "down" } },
-    }))
 }
 
 /// Debug builds only: a request that takes `ms` milliseconds (at most 10 s), so tests can have

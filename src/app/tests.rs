@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use actix_web::{App, test};
 
 use super::*;
-use crate::config::{Args, Config};
 use crate::worker::MasterLink;
 
 struct TempDir(PathBuf);
@@ -27,14 +26,9 @@ impl Drop for TempDir {
 }
 
 async fn state(dir: &TempDir) -> DemoState {
-    let args = Args {
-        data_dir: Some(dir.0.clone()),
-        ..Args::default()
-    };
-    let config = Config::load(&args, None).unwrap();
     SqliteStore::initialize(&dir.0).unwrap();
     let app = DemoApp {
-        session: config.session,
+        session: service::SessionConfig::new(service::tests::defaults(&[]), dir.0.clone()).unwrap(),
         key: Key::generate(),
         users: Arc::new(Users::load(None).unwrap()),
         hash_threads: 1,
@@ -56,17 +50,13 @@ fn login(body: &str) -> test::TestRequest {
 }
 
 #[actix_web::test]
-async fn healthz_names_the_worker_and_the_store() {
+async fn health_names_the_store() {
     let dir = TempDir::new("healthz");
     let s = state(&dir).await;
-    let app = test::init_service(App::new().configure(|c| DemoApp::configure(&s, c))).await;
-    let body: serde_json::Value =
-        test::call_and_read_body_json(&app, test::TestRequest::get().uri("/healthz").to_request())
-            .await;
-    assert_eq!(body["status"], "ok");
-    assert_eq!(body["worker_id"], 3);
-    assert_eq!(body["worker_pid"], 4711);
-    assert_eq!(body["store"]["kind"], "sqlite");
+    let health = DemoApp::health(&s);
+    assert!(!health.degraded);
+    assert_eq!(health.details["store"]["kind"], "sqlite");
+    assert_eq!(health.details["store"]["status"], "up");
 }
 
 #[actix_web::test]

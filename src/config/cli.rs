@@ -22,6 +22,11 @@ pub struct Cli {
     /// 0 if clusterd can start with it, 2 and the reason if not. Binds nothing, writes nothing.
     #[arg(long)]
     pub check_config: bool,
+    /// Development loop: whenever the binary's file is replaced (`cargo build` in another
+    /// terminal), check it and re-execute it in place as a reload does; a build that fails
+    /// --check-config leaves the running one serving
+    #[arg(long)]
+    pub watch: bool,
     /// Service options.
     #[command(flatten)]
     pub args: Args,
@@ -30,8 +35,6 @@ pub struct Cli {
 /// Subcommands that do something else than serving.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Read a password from standard input and print its argon2 hash for a users file.
-    HashPassword,
     /// Show the master and every worker (slot, pid, state, uptime, restarts, connections,
     /// requests, memory, heartbeat age)
     Status {

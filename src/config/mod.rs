@@ -17,7 +17,7 @@ mod options;
 mod validate;
 
 pub use self::cli::{Cli, Command};
-pub use self::options::Args;
+pub use self::options::{Args, FileKey};
 
 /// Errors found while loading or validating configuration. All map to exit code 2 in `main`.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,9 @@ pub enum ConfigError {
         /// The TOML parser's message, which names the key.
         message: String,
     },
+    /// An option the command line parser rejected (an app's option, from any source).
+    #[error("{0}")]
+    Options(String),
     /// A value is syntactically fine but not allowed.
     #[error("invalid value for {option}: {message}")]
     Invalid {
@@ -89,6 +92,10 @@ pub struct ClusterConfig {
     pub max_worker_memory: u64,
     /// The most workers TTIN and `clusterd scale` may ask for.
     pub max_workers: usize,
+    /// The app's state directory (and, when not root, the control socket's).
+    pub data_dir: PathBuf,
+    /// Path of the health route every worker answers; `None`: none.
+    pub health_path: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -100,68 +107,37 @@ impl Default for ClusterConfig {
     }
 }
 
-/// Settings of the demo app's sessions and logins; read by the master, used by the workers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionConfig {
-    /// Redis URL; `None` selects the embedded SQLite store.
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key clusterd writes.
-    pub prefix: String,
-    /// Directory of the embedded store and of a generated cookie key.
-    pub data_dir: PathBuf,
-    /// Cookie key file; `None` means generate one in `data_dir` on first start.
-    pub key_file: Option<PathBuf>,
-    /// Whether the cookie carries the `Secure` attribute.
-    pub cookie_secure: bool,
-    /// Cookie name.
-    pub cookie_name: String,
-    /// Idle timeout, renewed on every use; also the store's TTL.
-    pub idle_timeout: Duration,
-    /// Absolute lifetime counted from login.
-    pub max_lifetime: Duration,
-    /// Users file; `None` means the demo user.
-    pub users_file: Option<PathBuf>,
-    /// Replicas a new session must reach before a login answers (Redis `WAIT`); 0: none.
-    pub wait_replicas: u32,
-}
-
-/// Everything the binary needs, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// clusterd's settings, validated, and the config file's keys left for the app.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Process-model settings.
     pub cluster: ClusterConfig,
-    /// Session and login settings.
-    pub session: SessionConfig,
     /// The config file, if any (kept so SIGHUP can re-read it).
     pub file: Option<PathBuf>,
+    /// The file's keys that are not clusterd's: the app's options (see `crate::program`).
+    pub app_keys: Vec<FileKey>,
 }
 
 /// Default listening address: loopback only, so a first run exposes nothing.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
-/// Default Redis key prefix.
-pub const DEFAULT_SESSION_PREFIX: &str = "clusterd:session:";
-/// Default cookie name.
-pub const DEFAULT_COOKIE_NAME: &str = "clusterd_session";
 
 impl Config {
     /// Merges flags and environment (`args`) over the config file over the defaults.
     /// `state_directory` is systemd's `$STATE_DIRECTORY`, passed in so this stays pure.
     pub fn load(args: &Args, state_directory: Option<&Path>) -> Result<Self, ConfigError> {
-        let file = match &args.config {
+        let (file, app_keys) = match &args.config {
             Some(path) => Args::from_file(path)?,
-            None => Args::default(),
+            None => (Args::default(), Vec::new()),
         };
-        Self::from_args(args.clone().or(file), state_directory)
+        let mut config = Self::from_args(args.clone().or(file), state_directory)?;
+        config.app_keys = app_keys;
+        Ok(config)
     }
 
     /// Names of the settings that differ between `self` and `new` but only take effect after a
     /// full restart (they are bound or loaded once by the master).
     pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
-        let (_, mut out) = new.cluster.clone().keep_restart_only(&self.cluster);
-        if self.session != new.session {
-            out.push("session settings");
-        }
-        out
+        new.cluster.clone().keep_restart_only(&self.cluster).1
     }
 }
 
@@ -189,6 +165,7 @@ impl ClusterConfig {
             user => "user",
             group => "group",
             control_socket => "control-socket",
+            data_dir => "data-dir",
             metrics_bind => "metrics-bind",
             max_workers => "max-workers",
             proxy_protocol => "proxy-protocol",

@@ -28,6 +28,15 @@ macro_rules! options {
         }
 
         impl $name {
+            /// The config file's keys for these options (kebab-case), `config` excepted.
+            pub fn keys() -> Vec<String> {
+                [$(stringify!($field)),*]
+                    .iter()
+                    .filter(|k| **k != "config")
+                    .map(|k| k.replace('_', "-"))
+                    .collect()
+            }
+
             /// Each option given here, else the one in `lower` (flags over the file).
             pub fn or(self, lower: $name) -> $name {
                 $name { $( $field: self.$field.or(lower.$field), )* }
@@ -40,7 +49,7 @@ options! {
     /// Options of the service, declared once for the command line, the environment and the
     /// config file. `None` means "not given": a lower source or the default decides.
     #[derive(Debug, Clone, Default, PartialEq, ClapArgs, Deserialize)]
-    #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+    #[serde(rename_all = "kebab-case")]
     pub struct Args {
         /// Address to listen on, IPv4:port, or an IPv6 address in brackets and a port [default: 127.0.0.1:8080]
         #[arg(long, env = "CLUSTERD_BIND", value_name = "ADDR")]
@@ -67,42 +76,15 @@ options! {
         #[arg(long, env = "CLUSTERD_CONFIG", value_name = "FILE")]
         #[serde(skip)]
         pub config: Option<PathBuf>,
-        /// Redis URL for sessions: redis://, rediss://, redis+sentinel://host:port,.../SERVICE[/DB] or redis+cluster://host:port,...; without it sessions use the embedded store
-        #[arg(long, env = "REDIS_URL", value_name = "URL")]
-        pub redis_url: Option<String>,
-        /// Prefix of the Redis keys that hold sessions [default: clusterd:session:]
-        #[arg(long, env = "CLUSTERD_SESSION_PREFIX", value_name = "PREFIX")]
-        pub session_prefix: Option<String>,
-        /// Directory for the embedded session store and a generated key [default: $STATE_DIRECTORY, else ./clusterd-data]
+        /// Directory for the app's state (the demo's embedded session store and generated key) and, when not root, the control socket [default: $STATE_DIRECTORY, else ./clusterd-data]
         #[arg(long, env = "CLUSTERD_DATA_DIR", value_name = "DIR")]
         pub data_dir: Option<PathBuf>,
-        /// File holding the cookie key (64 bytes or more), shared by every host [default: generated in the data dir]
-        #[arg(long, env = "CLUSTERD_SESSION_KEY_FILE", value_name = "FILE")]
-        pub session_key_file: Option<PathBuf>,
-        /// Mark the session cookie Secure (only sent over HTTPS, and to localhost) [default: true]
-        #[arg(long, env = "CLUSTERD_COOKIE_SECURE", value_name = "BOOL")]
-        pub cookie_secure: Option<bool>,
-        /// Name of the session cookie [default: clusterd_session]
-        #[arg(long, env = "CLUSTERD_COOKIE_NAME", value_name = "NAME")]
-        pub cookie_name: Option<String>,
-        /// Seconds a session lives without being used; every use renews it [default: 1800]
-        #[arg(long, env = "CLUSTERD_SESSION_IDLE_TIMEOUT", value_name = "SECS", value_parser = parse_secs)]
-        pub session_idle_timeout: Option<u64>,
-        /// Seconds after login when a session ends however much it is used [default: 86400]
-        #[arg(long, env = "CLUSTERD_SESSION_MAX_LIFETIME", value_name = "SECS", value_parser = parse_secs)]
-        pub session_max_lifetime: Option<u64>,
-        /// Users file: one `name:argon2-hash` per line [default: the demo user alice / wonderland]
-        #[arg(long, env = "CLUSTERD_USERS", value_name = "FILE")]
-        pub users: Option<PathBuf>,
         /// When started as root: user the workers run as
         #[arg(long, env = "CLUSTERD_USER", value_name = "USER")]
         pub user: Option<String>,
         /// When started as root: group the workers run as [default: the user's group]
         #[arg(long, env = "CLUSTERD_GROUP", value_name = "GROUP")]
         pub group: Option<String>,
-        /// Durable logins: a new session must reach this many Redis replicas (WAIT, 300 ms) before the login answers, else 503; not with redis+cluster [default: 0]
-        #[arg(long, env = "CLUSTERD_REDIS_WAIT_REPLICAS", value_name = "N")]
-        pub redis_wait_replicas: Option<u32>,
         /// Unix socket of the master for `clusterd status|scale|reload` (mode 0600) [default: $RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-HASH.sock (HASH: of the data dir), else control.sock in the data dir]
         #[arg(long, env = "CLUSTERD_CONTROL_SOCKET", value_name = "PATH")]
         pub control_socket: Option<PathBuf>,
@@ -130,6 +112,9 @@ options! {
         /// Replace a worker whose resident memory stays above this many MiB for 3 samples (a second apart); 0 = never [default: 0]
         #[arg(long, env = "CLUSTERD_MAX_WORKER_MEMORY", value_name = "MIB")]
         pub max_worker_memory: Option<u64>,
+        /// Path of the health route every worker answers, before the app's routes (`off`: none) [default: /healthz]
+        #[arg(long, env = "CLUSTERD_HEALTH_PATH", value_name = "PATH")]
+        pub health_path: Option<String>,
         /// Most workers TTIN or `clusterd scale` may ask for [default: 4 per CPU, at least 16]
         #[arg(long, env = "CLUSTERD_MAX_WORKERS", value_name = "N", value_parser = parse_count)]
         pub max_workers: Option<usize>,
@@ -152,23 +137,56 @@ pub(super) fn parse_secs(s: &str) -> Result<u64, String> {
     super::validate::secs(n)
 }
 
+/// A key of the config file that is not one of clusterd's: the app's (see `crate::program`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileKey {
+    /// The key as written (kebab-case).
+    pub key: String,
+    /// Its value.
+    pub value: toml::Value,
+    /// Where it is, for messages: ` (line N: the line)`.
+    pub at: String,
+}
+
+/// ` (line N: the line)` for the byte offset `start` of `text`.
+fn line_at(text: &str, start: usize) -> String {
+    let line = text[..start.min(text.len())].matches('\n').count();
+    let shown = text.lines().nth(line).unwrap_or("").trim();
+    format!(" (line {}: {shown})", line + 1)
+}
+
 impl Args {
-    /// The options in a TOML file. A bad key or value names the line it is on.
-    pub fn from_file(path: &Path) -> Result<Args, ConfigError> {
+    /// The options in a TOML file, and the keys that are not clusterd's (left for the app,
+    /// which rejects those it does not know either). A bad value names the line it is on.
+    pub fn from_file(path: &Path) -> Result<(Args, Vec<FileKey>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| {
-            let at = e.span().map_or(String::new(), |s| {
-                let line = text[..s.start].matches('\n').count();
-                let shown = text.lines().nth(line).unwrap_or("").trim();
-                format!(" (line {}: {shown})", line + 1)
-            });
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.message().to_string() + &at,
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string()
+                + &e.span().map_or(String::new(), |s| line_at(&text, s.start)),
+        };
+        // Spanned keys, so an unknown one can be shown where it is.
+        let table: std::collections::BTreeMap<toml::Spanned<String>, toml::Value> =
+            toml::from_str(&text).map_err(parse_error)?;
+        let ours = Args::keys();
+        let mut rest = Vec::new();
+        for (key, value) in table {
+            let at = line_at(&text, key.span().start);
+            if key.get_ref() == "config" {
+                return Err(ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: format!("`config` names the file; it cannot be set in it{at}"),
+                });
             }
-        })
+            if !ours.contains(key.get_ref()) {
+                let key = key.into_inner();
+                rest.push(FileKey { key, value, at });
+            }
+        }
+        let args = toml::from_str(&text).map_err(parse_error)?;
+        Ok((args, rest))
     }
 }

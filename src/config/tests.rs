@@ -35,8 +35,8 @@ fn defaults_apply_when_nothing_is_given() {
     assert!(c.cluster.workers >= 1);
     assert_eq!(c.cluster.threads, 1);
     assert_eq!(c.cluster.graceful_timeout, Duration::from_secs(30));
-    assert_eq!(c.session.data_dir, PathBuf::from("clusterd-data"));
-    assert!(c.session.cookie_secure);
+    assert_eq!(c.cluster.data_dir, PathBuf::from("clusterd-data"));
+    assert_eq!(c.cluster.health_path.as_deref(), Some("/healthz"));
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn state_directory_is_the_default_data_dir() {
         Some(Path::new("/var/lib/x")),
     )
     .unwrap();
-    assert_eq!(c.session.data_dir, PathBuf::from("/var/lib/x"));
+    assert_eq!(c.cluster.data_dir, PathBuf::from("/var/lib/x"));
 }
 
 #[test]
@@ -73,15 +73,8 @@ fn bad_file_values_name_the_option() {
     assert!(err.to_string().contains("workers"), "{err}");
     let err = file_error("bind = \"nowhere\"");
     assert!(err.contains("bind"), "{err}");
-    let err = merge(&Args::default(), file("redis-url = \"http://x\""), None).unwrap_err();
-    assert!(err.to_string().contains("redis-url"), "{err}");
-    let err = merge(
-        &Args::default(),
-        file("session-idle-timeout = 600\nsession-max-lifetime = 60"),
-        None,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("session-max-lifetime"), "{err}");
+    let err = merge(&Args::default(), file("health-path = \"healthz\""), None).unwrap_err();
+    assert!(err.to_string().contains("health-path"), "{err}");
 }
 
 #[test]
@@ -106,8 +99,19 @@ fn sockets_come_from_flag_file_or_default_and_need_a_restart() {
 }
 
 #[test]
-fn unknown_file_keys_are_rejected() {
-    assert!(toml::from_str::<Args>("wokers = 2").is_err());
+fn keys_that_are_not_clusterds_are_left_for_the_app_with_their_line() {
+    let dir = std::env::temp_dir().join(format!("clusterd-config-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "workers = 2\ngreeting = \"hi\"\n").unwrap();
+    let (args, rest) = Args::from_file(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(args.workers, Some(2));
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].key, "greeting");
+    assert_eq!(rest[0].at, " (line 2: greeting = \"hi\")");
+    let err = file_error("workers = 2\nconfig = \"x\"\n");
+    assert!(err.contains("line 2"), "{err}");
 }
 
 #[test]
@@ -118,13 +122,11 @@ fn restart_only_settings_are_reported() {
     b.cluster.graceful_timeout = Duration::from_secs(5);
     assert!(a.needs_restart(&b).is_empty());
     b.cluster.bind = "127.0.0.1:1".parse().unwrap();
-    b.session.cookie_name = "other".into();
-    assert_eq!(a.needs_restart(&b), vec!["bind", "session settings"]);
+    b.cluster.health_path = None;
+    assert_eq!(a.needs_restart(&b), vec!["bind"]);
     b.cluster.group = Some("nogroup".into());
-    assert_eq!(
-        a.needs_restart(&b),
-        vec!["bind", "group", "session settings"]
-    );
+    b.cluster.data_dir = "/elsewhere".into();
+    assert_eq!(a.needs_restart(&b), vec!["bind", "group", "data-dir"]);
 }
 
 #[test]
@@ -136,7 +138,7 @@ fn a_bad_value_in_the_file_names_its_line() {
 #[test]
 fn every_default_in_help_is_the_one_applied() {
     let d = merge(&Args::default(), Args::default(), None).unwrap();
-    let (c, s) = (&d.cluster, &d.session);
+    let c = &d.cluster;
     let secs = |t: Duration| t.as_secs().to_string();
     let cpus = validate::cpus();
     // What each option's help says its default is, and whether that is what applies.
@@ -149,24 +151,17 @@ fn every_default_in_help_is_the_one_applied() {
             "read_timeout" => shown == secs(c.read_timeout),
             "sockets" => shown == c.sockets.to_string(),
             "backlog" => shown == c.backlog.to_string(),
-            "session_prefix" => shown == s.prefix,
             "data_dir" => {
                 shown == "$STATE_DIRECTORY, else ./clusterd-data"
-                    && s.data_dir == Path::new("clusterd-data")
+                    && c.data_dir == Path::new("clusterd-data")
                     && merge(&Args::default(), Args::default(), Some(Path::new("/s")))
                         .unwrap()
-                        .session
+                        .cluster
                         .data_dir
                         == Path::new("/s")
             }
-            "session_key_file" => shown == "generated in the data dir" && s.key_file.is_none(),
-            "cookie_secure" => shown == s.cookie_secure.to_string(),
-            "cookie_name" => shown == s.cookie_name,
-            "session_idle_timeout" => shown == secs(s.idle_timeout),
-            "session_max_lifetime" => shown == secs(s.max_lifetime),
-            "users" => shown == "the demo user alice / wonderland" && s.users_file.is_none(),
+            "health_path" => c.health_path.as_deref() == Some(shown),
             "group" => shown == "the user's group" && c.group.is_none(),
-            "redis_wait_replicas" => shown == s.wait_replicas.to_string(),
             "control_socket" => {
                 shown
                     == "$RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-HASH.sock (HASH: of the data dir), else control.sock in the data dir"
@@ -199,5 +194,5 @@ fn every_default_in_help_is_the_one_applied() {
         assert!(applied(id, shown), "--{id}: help says [default: {shown}]");
         checked += 1;
     }
-    assert!(checked >= 20, "only {checked} defaults found in --help");
+    assert!(checked >= 15, "only {checked} defaults found in --help");
 }

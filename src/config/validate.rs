@@ -5,10 +5,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{
-    Args, ClusterConfig, Config, ConfigError, DEFAULT_BIND, DEFAULT_COOKIE_NAME,
-    DEFAULT_SESSION_PREFIX, SessionConfig,
-};
+use super::{Args, ClusterConfig, Config, ConfigError, DEFAULT_BIND};
 
 /// A count of workers or threads: 1 to 1024.
 pub(super) fn count(n: usize) -> Result<usize, String> {
@@ -74,15 +71,6 @@ fn proxies(list: Option<&str>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
         .collect()
 }
 
-const REDIS_SCHEMES: [&str; 6] = [
-    "redis://",
-    "rediss://",
-    "redis+sentinel://",
-    "rediss+sentinel://",
-    "redis+cluster://",
-    "rediss+cluster://",
-];
-
 impl Config {
     /// The configuration the merged options describe. `state_directory` is systemd's
     /// `$STATE_DIRECTORY`, passed in so this stays pure.
@@ -103,56 +91,6 @@ impl Config {
         if !(1..=65535).contains(&backlog) {
             return Err(invalid("backlog", "must be between 1 and 65535".into()));
         }
-        let idle = pick_secs("session-idle-timeout", a.session_idle_timeout, 1800)?;
-        let max = pick_secs("session-max-lifetime", a.session_max_lifetime, 86_400)?;
-        if max < idle {
-            return Err(invalid(
-                "session-max-lifetime",
-                format!(
-                    "{}s is shorter than the idle timeout ({}s)",
-                    max.as_secs(),
-                    idle.as_secs()
-                ),
-            ));
-        }
-        let cookie_name = a.cookie_name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.into());
-        if cookie_name.is_empty()
-            || !cookie_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(invalid(
-                "cookie-name",
-                "use letters, digits, '-', '_' or '.'".into(),
-            ));
-        }
-        let redis_url = a.redis_url.filter(|u| !u.is_empty());
-        if let Some(url) = &redis_url
-            && !REDIS_SCHEMES.iter().any(|s| url.starts_with(s))
-        {
-            return Err(invalid(
-                "redis-url",
-                format!("must start with {}", REDIS_SCHEMES.join(", ")),
-            ));
-        }
-        let wait_replicas = a.redis_wait_replicas.unwrap_or(0);
-        if wait_replicas > 0 {
-            match &redis_url {
-                None => {
-                    return Err(invalid(
-                        "redis-wait-replicas",
-                        "needs --redis-url (the embedded store has no replicas)".into(),
-                    ));
-                }
-                Some(u) if u.contains("+cluster://") => {
-                    return Err(invalid(
-                        "redis-wait-replicas",
-                        "is not supported with redis+cluster://".into(),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
         if a.group.is_some() && a.user.is_none() {
             return Err(invalid("group", "needs --user as well".into()));
         }
@@ -162,6 +100,17 @@ impl Config {
                 "must not be the public --bind address".into(),
             ));
         }
+        let health_path = match a.health_path.as_deref() {
+            None => Some("/healthz".to_string()),
+            Some("off") => None,
+            Some(p) if p.starts_with('/') && !p.contains(['?', '#', ' ']) => Some(p.to_string()),
+            Some(_) => {
+                return Err(invalid(
+                    "health-path",
+                    "must start with '/' (and have no '?', '#' or space), or be off".into(),
+                ));
+            }
+        };
         let data_dir = a
             .data_dir
             .or_else(|| state_directory.map(Path::to_path_buf))
@@ -193,22 +142,11 @@ impl Config {
                 max_requests_jitter: a.max_requests_jitter.unwrap_or(0),
                 max_worker_memory: a.max_worker_memory.unwrap_or(0).saturating_mul(1 << 20),
                 max_workers,
-            },
-            session: SessionConfig {
-                redis_url,
-                prefix: a
-                    .session_prefix
-                    .unwrap_or_else(|| DEFAULT_SESSION_PREFIX.into()),
                 data_dir,
-                key_file: a.session_key_file,
-                cookie_secure: a.cookie_secure.unwrap_or(true),
-                cookie_name,
-                idle_timeout: idle,
-                max_lifetime: max,
-                users_file: a.users,
-                wait_replicas,
+                health_path,
             },
             file: a.config,
+            app_keys: Vec::new(),
         })
     }
 }

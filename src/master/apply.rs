@@ -89,6 +89,8 @@ impl<A: WorkerApp> Master<A> {
             }
         };
         self.board.board().records[s.record].reset(s.id, s.slot);
+        self.counters.fold(s.record);
+        let app = self.app_for(self.cluster.forking_config().1);
         let max_requests = match (s.config.max_requests, s.config.max_requests_jitter) {
             (0, _) => 0,
             (n, 0) => n,
@@ -97,7 +99,7 @@ impl<A: WorkerApp> Master<A> {
         let spec = WorkerSpec {
             id: s.id,
             slot: s.slot,
-            app: &self.app,
+            app: &self.apps[&app],
             listener,
             ready: write,
             master: nix::unistd::getpid(),
@@ -106,11 +108,13 @@ impl<A: WorkerApp> Master<A> {
             read_timeout: s.config.read_timeout,
             credentials: self.credentials,
             board: self.board.board(),
+            counters: self.counters.board(),
             record: s.record,
             metrics: self.metrics.as_ref().map(AsRawFd::as_raw_fd),
             metrics_hosts: s.config.metrics_allowed_hosts.clone(),
             trusted_proxies: s.config.trusted_proxies.clone(),
             proxy_protocol: s.config.proxy_protocol,
+            health_path: s.config.health_path.clone(),
         };
         // The closure (and the pipe's write end in it) is dropped in the master when `spawn`
         // returns, so the master holds only the read end.
@@ -148,14 +152,44 @@ impl<A: WorkerApp> Master<A> {
             }
             return;
         }
-        let new = match self.reload.as_mut() {
-            Some(reload) => reload(),
-            None => Ok(Reloaded {
-                cluster: self.cluster.forking_config().0.clone(),
-                needs_restart: Vec::new(),
-            }),
+        let (new, app) = match self.reload.as_mut().map(|reload| reload()) {
+            Some(Ok((new, app))) => (Ok(new), app),
+            Some(Err(e)) => (Err(e), None),
+            None => (
+                Ok(Reloaded {
+                    cluster: self.cluster.forking_config().0.clone(),
+                    needs_restart: Vec::new(),
+                }),
+                None,
+            ),
         };
+        let before = self.cluster.generations;
         self.cluster.reloaded(new, out);
+        if let Some(app) = app
+            && self.cluster.generations > before
+        {
+            self.apps.insert(self.cluster.generations, app);
+        }
+    }
+
+    /// The app a worker of `generation` is forked with. Apps of generations above it belong
+    /// to rollouts that aborted, and those below the newest at or under it are no longer
+    /// forked: both are dropped.
+    fn app_for(&mut self, generation: u64) -> u64 {
+        self.apps.split_off(&(generation + 1));
+        let newest = *self
+            .apps
+            .keys()
+            .next_back()
+            .expect("the app the master started with is kept");
+        let running = self.cluster.generation.min(newest);
+        let keep_from = self
+            .apps
+            .range(..=running)
+            .next_back()
+            .map_or(0, |(g, _)| *g);
+        self.apps = self.apps.split_off(&keep_from);
+        newest
     }
 
     /// Answers the control clients whose request is complete.
@@ -207,6 +241,7 @@ impl<A: WorkerApp> Master<A> {
             self.pipes.raw(),
         );
         state.board_fd = Some(self.board.fd());
+        state.counters_fd = Some(self.counters.fd());
         state.metrics_fd = self.metrics.as_ref().map(AsRawFd::as_raw_fd);
         state.image_fd = Some(image.as_raw_fd());
         // The control socket is close-on-exec: the new image binds its path anew.
@@ -234,6 +269,20 @@ impl<A: WorkerApp> Master<A> {
                     tracing::warn!(error = %e, "the previous scoreboard is lost; the adopted workers go unobserved until replaced")
                 }
             }
+        }
+        // What the app counted lives on; a board of the right size or a new one, not both.
+        // What the app counted lives on, in rows that match the board kept.
+        let records = self.board.board().records.len();
+        match state.counters_fd.map(crate::counter::Slab::adopt) {
+            Some(Ok(slab)) if board_kept && slab.board().rows() == records => self.counters = slab,
+            Some(Err(e)) => tracing::warn!(error = %e, "the previous app counters are lost"),
+            _ if self.counters.board().rows() != records => {
+                match crate::counter::Slab::create(records) {
+                    Ok(slab) => self.counters = slab,
+                    Err(e) => tracing::warn!(error = %e, "no app counters for the adopted board"),
+                }
+            }
+            _ => {}
         }
         // The descriptor this image was executed from: nothing more to do with it.
         drop(state.image_fd.and_then(crate::fd::adopt));

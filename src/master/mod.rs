@@ -81,18 +81,22 @@ pub enum MasterError {
     },
 }
 
-/// Re-reads the configuration on SIGHUP; an error keeps the running configuration.
-pub type ReloadFn = Box<dyn FnMut() -> Result<Reloaded, String>>;
+/// Re-reads the configuration on SIGHUP, and builds the app anew if its options are part of
+/// it (new workers get it); an error keeps the running configuration and app.
+pub type ReloadFn<A> = Box<dyn FnMut() -> Result<(Reloaded, Option<A>), String>>;
 
 /// The master: the pure [`Cluster`] and everything that touches the OS on its behalf.
 pub struct Master<A: WorkerApp> {
-    app: A,
+    /// The app each generation of workers is forked with: the one at the greatest generation
+    /// not above the worker's (a reload that rebuilt the app adds one at its generation).
+    apps: std::collections::BTreeMap<u64, A>,
     cluster: Cluster,
     sockets: Sockets,
     credentials: Option<(Uid, Gid)>,
     signals: Signals,
     notifier: Notifier,
     board: Scoreboard,
+    counters: crate::counter::Slab,
     pipes: Pipes,
     control: Option<Control>,
     metrics: Option<std::net::TcpListener>,
@@ -100,7 +104,9 @@ pub struct Master<A: WorkerApp> {
     check: Option<Check>,
     /// The new binary a passed check checked, until the `execve` at the end of the turn.
     image: Option<std::os::fd::OwnedFd>,
-    reload: Option<ReloadFn>,
+    reload: Option<ReloadFn<A>>,
+    /// `--watch`: what was seen of the binary's file, when watching it.
+    watch: Option<upgrade::watch::Watch>,
     /// When the workers were last observed.
     observed_at: Ms,
     /// This image was started by an upgrade and adopted the previous image's workers.
@@ -126,14 +132,16 @@ impl<A: WorkerApp> Master<A> {
         // Room for every worker at the limit, plus the old generation of a rolling restart.
         let board = Scoreboard::create(2 * config.max_workers.max(min_workers) + 2)?;
         let capacity = board.board().records.len();
+        let counters = crate::counter::Slab::create(capacity)?;
         Ok(Master {
-            app,
+            apps: [(0, app)].into(),
             cluster: Cluster::new(config, min_workers, capacity, Ms::now()),
             sockets,
             credentials: None,
             signals,
             notifier: Notifier::from_env(),
             board,
+            counters,
             pipes: Pipes::default(),
             control: None,
             metrics: None,
@@ -141,6 +149,7 @@ impl<A: WorkerApp> Master<A> {
             check: None,
             image: None,
             reload: None,
+            watch: None,
             observed_at: Ms(0),
             upgraded: false,
         })
@@ -164,8 +173,15 @@ impl<A: WorkerApp> Master<A> {
         self
     }
 
+    /// `--watch`: upgrade in place whenever the binary's file is replaced (needs
+    /// [`Master::with_binary`]).
+    pub fn with_watch(mut self, watch: bool) -> Self {
+        self.watch = watch.then(Default::default);
+        self
+    }
+
     /// What to call on SIGHUP to get the new configuration.
-    pub fn with_reload(mut self, reload: ReloadFn) -> Self {
+    pub fn with_reload(mut self, reload: ReloadFn<A>) -> Self {
         self.reload = Some(reload);
         self
     }
@@ -213,6 +229,7 @@ impl<A: WorkerApp> Master<A> {
             let seen = self.observe(now);
             if let Some(seen) = &seen {
                 deadlines::recycle(&mut self.cluster, seen, now);
+                self.watch_binary(now, &mut todo);
             }
             deadlines::murder(&mut self.cluster, seen.as_deref(), now, &mut todo);
             manage::plan(&mut self.cluster, now, &mut todo);
@@ -244,6 +261,21 @@ impl<A: WorkerApp> Master<A> {
             self.board.board(),
             now,
         ))
+    }
+
+    /// `--watch`, at each observation: a replaced binary that has settled is reloaded into.
+    fn watch_binary(&mut self, now: Ms, out: &mut Vec<event::Action>) {
+        let (Some(watch), Some(binary)) = (self.watch.as_mut(), self.binary.as_ref()) else {
+            return;
+        };
+        let stamp = binary
+            .replaced()
+            .then(|| upgrade::watch::Stamp::of(&binary.path))
+            .flatten();
+        if watch.look(stamp) {
+            tracing::info!(binary = %binary.path.display(), "--watch: the binary was replaced; upgrading in place");
+            self.cluster.command(Command::Reload, now, out);
+        }
     }
 
     /// Waits for a signal, a control client, a worker's pipe, or the timeout.

@@ -132,12 +132,12 @@ fn key_from(path: &Path, file: files::Small) -> Result<Key, KeyError> {
     Ok(Key::from(&bytes))
 }
 
+/// The embedded store's database (`sqlite::FILE_NAME`; named here too, so the data dir is
+/// checked the same with or without the `sqlite` feature).
+pub(crate) const STORE_FILE: &str = "sessions.sqlite3";
+
 /// Names of the embedded store's files in the data dir.
-const STORE_FILES: [&str; 3] = [
-    super::sqlite::FILE_NAME,
-    "sessions.sqlite3-wal",
-    "sessions.sqlite3-shm",
-];
+const STORE_FILES: [&str; 3] = [STORE_FILE, "sessions.sqlite3-wal", "sessions.sqlite3-shm"];
 
 /// Creates the data dir (mode 0700) if needed and, for the embedded store, the database (mode
 /// 0600). When workers run as another user, hands them the dir and the database files, which
@@ -181,11 +181,12 @@ pub fn prepare_data_dir(
                 &dir.join(name),
                 Open {
                     follow: false,
-                    create: (name == super::sqlite::FILE_NAME).then_some(0o600),
+                    create: (name == STORE_FILE).then_some(0o600),
                     write: true,
                 },
             )?;
         }
+        #[cfg(feature = "sqlite")]
         super::sqlite::SqliteStore::initialize(dir).map_err(|e| KeyError::Write {
             op: "creating the embedded session store in",
             path: dir.to_path_buf(),

@@ -20,7 +20,7 @@
 //! Durability: `synchronous=NORMAL` in WAL mode survives any process crash (`kill -9`
 //! included); a power cut can lose the last moments of session writes, which costs those users a
 //! new login. Expired rows are purged by every worker once a minute. A session's expiry is
-//! renewed on use to within 1/30 of the idle timeout (see [`SqliteStore::get`]).
+//! renewed on use to within 1/30 of the TTL (see [`super::RENEW_GRANULARITY`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -32,10 +32,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::{Counter, Reservation, StoreError};
 
 /// File name inside the data dir.
-pub const FILE_NAME: &str = "sessions.sqlite3";
-/// A read renews a session's expiry once it has slipped by 1/30 of the idle timeout (a minute
-/// at the default 30 minutes).
-pub const RENEW_GRANULARITY: i64 = 30;
+pub const FILE_NAME: &str = super::key::STORE_FILE;
 /// How often expired rows are deleted.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -53,8 +50,7 @@ pub struct SqliteStore {
     /// database's write lock (held by another worker) never holds up a session read.
     counters: Db,
     path: Arc<PathBuf>,
-    /// The idle timeout, renewed by every read.
-    idle: Duration,
+    pub(crate) renewals: super::Renewals,
 }
 
 /// A query to run on a connection's thread.
@@ -176,9 +172,11 @@ impl SqliteStore {
         Ok(path)
     }
 
-    /// Opens the database the master initialised (in a worker, after fork). `idle` is the
-    /// session idle timeout, which every read renews.
-    pub fn open(data_dir: &Path, idle: Duration) -> Result<Self, StoreError> {
+    /// Opens the database [`SqliteStore::initialize`] made in `data_dir` (in a worker, after
+    /// fork: one store per server thread). Use it as any actix-session store:
+    /// `SessionMiddleware::new(store, key)`; a session lives for the TTL the middleware hands
+    /// over, renewed as its policy says.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join(FILE_NAME);
         let connect = |busy_handler: bool| -> Result<Connection, StoreError> {
             let mut conn = Connection::open_with_flags(
@@ -204,7 +202,7 @@ impl SqliteStore {
             writes: Db::spawn(connect(true)?, "sqlite-writes")?,
             counters: Db::spawn(connect(true)?, "sqlite-counters")?,
             path: Arc::new(path),
-            idle,
+            renewals: super::Renewals::default(),
         })
     }
 
@@ -290,43 +288,36 @@ impl SqliteStore {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
-    /// The state of a live session, renewing its expiry. The renewal is written only once the
-    /// expiry has slipped by [`RENEW_GRANULARITY`] of the idle timeout: most reads stay reads,
-    /// which WAL lets run beside the one writer, instead of queueing for the write lock. The
-    /// renewal goes to the write connection, so the reads behind this one do not wait for it.
-    pub async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
+    /// The state of a live session and how long it has left. A read only: WAL lets it run
+    /// beside the one writer.
+    pub async fn get(&self, id: &str) -> Result<Option<(String, Duration)>, StoreError> {
         let id = id.to_string();
-        let idle = self.idle.as_millis() as i64;
-        let (row, now) = {
-            let id = id.clone();
-            self.read(move |c| {
-                let now = now_ms();
-                let row: Option<(String, i64)> = c
-                    .prepare_cached(
-                        "SELECT state, expires_at_ms FROM sessions WHERE id = ?1 AND expires_at_ms > ?2",
-                    )?
-                    .query_row(params![id, now], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                Ok((row, now))
-            })
-            .await?
-        };
-        let Some((state, expires)) = row else {
-            return Ok(None);
-        };
-        if expires < now + idle - idle / RENEW_GRANULARITY {
-            // Only a live row is renewed: a logout between the read and this write stays a
-            // logout.
-            self.with_writes(move |c| {
-                c.prepare_cached(
-                    "UPDATE sessions SET expires_at_ms = ?2 WHERE id = ?1 AND expires_at_ms > ?3",
+        self.read(move |c| {
+            let now = now_ms();
+            let row: Option<(String, i64)> = c
+                .prepare_cached(
+                    "SELECT state, expires_at_ms FROM sessions WHERE id = ?1 AND expires_at_ms > ?2",
                 )?
-                .execute(params![id, now + idle, now_ms()])
-                .map(drop)
-            })
-            .await?;
-        }
-        Ok(Some(state))
+                .query_row(params![id, now], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(row.map(|(s, at)| (s, Duration::from_millis((at - now).max(0) as u64))))
+        })
+        .await
+    }
+
+    /// The session lives `ttl` from now, if it is still live: a logout between the read and
+    /// this write stays a logout. On the write connection, so reads do not wait for it.
+    pub async fn touch(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with_writes(move |c| {
+            let now = now_ms();
+            c.prepare_cached(
+                "UPDATE sessions SET expires_at_ms = ?2 WHERE id = ?1 AND expires_at_ms > ?3",
+            )?
+            .execute(params![id, now + ttl.as_millis() as i64, now])
+            .map(drop)
+        })
+        .await
     }
 
     /// Inserts a session; false if a live one has that id.

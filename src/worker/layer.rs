@@ -86,6 +86,8 @@ pub(super) struct Timeouts {
     pub(super) read: Duration,
     /// Every connection starts with a PROXY protocol header.
     pub(super) proxy_protocol: bool,
+    /// The health route's path, if any.
+    pub(super) health: Option<&'static str>,
 }
 
 /// A request body that fails with `TimedOut` if it has not arrived whole by `deadline`: a

@@ -75,6 +75,23 @@ pub trait WorkerApp: Send + Sync + 'static {
 
     /// Registers routes, default service and app data.
     fn configure(state: &Self::State, cfg: &mut web::ServiceConfig);
+
+    /// What the health route (`--health-path`, `/healthz` by default) says about the app
+    /// beside the worker's pid and id. Called on every health request: read flags, do not
+    /// wait on I/O. By default: `ok`.
+    fn health(state: &Self::State) -> Health {
+        let _ = state;
+        Health::default()
+    }
+}
+
+/// The app's part of a health answer.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// Something the app needs is down but it still serves (`"status":"degraded"`).
+    pub degraded: bool,
+    /// More fields of the answer (e.g. `{"store": {...}}`).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Everything the master prepared for one child before forking it.
@@ -96,6 +113,8 @@ pub(crate) struct WorkerSpec<'a, A> {
     /// The scoreboard and this worker's record on it.
     pub board: crate::scoreboard::Board,
     pub record: usize,
+    /// The app counters, whose row `record` is this worker's.
+    pub counters: crate::counter::Board,
     /// The metrics socket (`--metrics-bind`), shared by every worker.
     pub metrics: Option<RawFd>,
     /// Host names the metrics server answers to besides its address and `localhost`.
@@ -104,6 +123,8 @@ pub(crate) struct WorkerSpec<'a, A> {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Every connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// The health route's path, if any.
+    pub health_path: Option<String>,
 }
 
 /// How the worker was asked to stop.
@@ -154,6 +175,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
     test_hooks::slow_boot();
 
     crate::scoreboard::set_mine(spec.board, spec.record);
+    crate::counter::set_mine(spec.counters, spec.record);
     client::set_trusted(spec.trusted_proxies.clone());
     if let Some(r) = crate::scoreboard::mine() {
         r.pid.store(pid as i32, Ordering::Relaxed);
@@ -181,6 +203,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
     let read_timeout = spec.read_timeout;
     let metrics_hosts = spec.metrics_hosts.clone();
     let proxy_protocol = spec.proxy_protocol;
+    let health_path = spec.health_path.clone();
     let result = system.block_on(async {
         // Installed before the app boots (signal handlers need the runtime), so that a TERM
         // during a slow boot is a clean exit rather than the default action.
@@ -191,6 +214,8 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
             graceful,
             read: read_timeout,
             proxy_protocol,
+            // One string for the life of the worker process.
+            health: health_path.map(|p| &*Box::leak(p.into_boxed_str())),
         };
         let _metrics = match metrics {
             Some(l) => Some(crate::metrics::serve(l, metrics_hosts).map_err(|e| {

@@ -12,12 +12,25 @@ use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer};
+use actix_web::{App, HttpResponse, HttpServer};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal as tokio_signal};
 
 use super::layer::{OpenConnection, Timeouts, heartbeat, worker_layer};
 use super::*;
+
+/// The health route's answer: `{"status":"ok"|"degraded","worker_pid","worker_id",...}`.
+fn health_answer(h: Health, pid: u32, id: u64) -> serde_json::Value {
+    let mut answer = serde_json::json!({
+        "status": if h.degraded { "degraded" } else { "ok" },
+        "worker_pid": pid,
+        "worker_id": id,
+    });
+    if let Some(fields) = answer.as_object_mut() {
+        fields.extend(h.details);
+    }
+    answer
+}
 
 /// Builds the app state and serves on `listener` until `stop` resolves; tells the master once
 /// the server accepts. The stop is injected: the worker passes its signals, a test its own.
@@ -42,6 +55,7 @@ pub(super) async fn serve<A: WorkerApp>(
     let draining = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&draining);
     let id = HeaderValue::from(info.id);
+    let (pid, worker) = (info.pid, info.id);
     let next_thread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let server = HttpServer::new(move || {
         let (flag, id) = (Arc::clone(&flag), id.clone());
@@ -53,7 +67,19 @@ pub(super) async fn serve<A: WorkerApp>(
             .wrap(from_fn(move |req, next| {
                 worker_layer(id.clone(), Arc::clone(&flag), read_timeout, req, next)
             }))
-            .configure(move |cfg| A::configure(&state, cfg))
+            .configure(move |cfg| {
+                if let Some(path) = timeouts.health {
+                    let state = state.clone();
+                    cfg.route(
+                        path,
+                        web::get().to(move || {
+                            let answer = health_answer(A::health(&state), pid, worker);
+                            async move { HttpResponse::Ok().json(answer) }
+                        }),
+                    );
+                }
+                A::configure(&state, cfg)
+            })
     })
     .workers(threads)
     .on_connect(move |conn, extensions| {
@@ -299,6 +325,7 @@ mod tests {
                     graceful: Duration::from_secs(5),
                     read: Duration::from_secs(5),
                     proxy_protocol: false,
+                    health: Some("/healthz"),
                 },
                 stop,
             ))

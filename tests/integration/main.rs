@@ -8,6 +8,7 @@ mod balance;
 mod cli;
 mod cluster;
 mod cluster_redis;
+mod hello;
 mod interleave;
 mod multihost;
 mod operate;

@@ -32,6 +32,7 @@ use crate::socket::Inherited;
 
 mod legacy;
 mod trust;
+pub mod watch;
 
 pub use self::trust::open_trusted;
 
@@ -165,6 +166,9 @@ pub struct State {
     pub board_fd: Option<RawFd>,
     /// The metrics socket.
     pub metrics_fd: Option<RawFd>,
+    /// The app counters' memfd (none from a release before them).
+    #[serde(default)]
+    pub counters_fd: Option<RawFd>,
     /// The master that wrote it: a state is only good in the same process.
     pub master_pid: i32,
     /// The descriptor the new image was executed from, which it closes.
@@ -182,6 +186,7 @@ impl State {
             pipes,
             board_fd: None,
             metrics_fd: None,
+            counters_fd: None,
             master_pid: std::process::id() as i32,
             image_fd: None,
         }
@@ -199,6 +204,7 @@ impl State {
         let mut fds = self.sockets.as_ref().map_or_else(Vec::new, Inherited::fds);
         fds.extend(self.board_fd);
         fds.extend(self.metrics_fd);
+        fds.extend(self.counters_fd);
         fds.extend(self.image_fd);
         fds.extend(self.pipes.iter().map(|(_, fd)| *fd));
         fds

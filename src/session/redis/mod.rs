@@ -31,13 +31,12 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_millis(300);
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
+    pub(crate) renewals: crate::session::Renewals,
 }
 
 struct Inner {
     target: Target,
     prefix: String,
-    /// The idle timeout, renewed by every read.
-    idle: Duration,
     /// Replicas a new session must reach before the login answers (`--redis-wait-replicas`).
     wait_replicas: u32,
     conn: Mutex<Conn>,
@@ -69,14 +68,14 @@ struct Conn {
 }
 
 impl RedisStore {
-    /// Parses the URL; connects on first use. An unparsable URL is a configuration error.
-    /// `idle` is the session idle timeout, which every read renews.
-    pub fn new(
-        url: &str,
-        prefix: &str,
-        idle: Duration,
-        wait_replicas: u32,
-    ) -> Result<Self, RedisError> {
+    /// A store for `url` (`redis://`, `rediss://`, `redis+sentinel://host:port,.../SERVICE[/DB]`
+    /// or `redis+cluster://host:port,...`), keeping sessions under `prefix`; connects on first
+    /// use, so it can be made before Redis is up. `wait_replicas` > 0 makes each new session
+    /// and each logout wait for that many replicas (`WAIT`). An unparsable URL is an error.
+    ///
+    /// Use it as any actix-session store: `SessionMiddleware::new(store, key)`. A session
+    /// lives for the TTL the middleware hands over, renewed as its policy says.
+    pub fn new(url: &str, prefix: &str, wait_replicas: u32) -> Result<Self, RedisError> {
         let target =
             if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
                 Target::Sentinel(Sentinel::parse(url)?)
@@ -90,11 +89,11 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 target,
                 prefix: prefix.to_string(),
-                idle,
                 wait_replicas,
                 conn: Mutex::new(Conn::default()),
                 connecting: tokio::sync::Mutex::new(()),
             }),
+            renewals: crate::session::Renewals::default(),
         };
         if watch && let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(store.clone().watch_switch_master());
@@ -234,6 +233,16 @@ impl RedisStore {
         }
     }
 
+    /// Runs a pipeline, as [`RedisStore::query`] runs a command.
+    async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.connection().await?;
+        let result = match &mut conn {
+            Connection::Single(c) => pipe.query_async(c).await,
+            Connection::Cluster(c) => pipe.query_async(c).await,
+        };
+        result.map_err(|e| self.failed(e))
+    }
+
     fn failed(&self, e: RedisError) -> StoreError {
         // READONLY: the node was demoted to a replica (a Sentinel failover); reconnect, which
         // looks the primary up again.
@@ -272,16 +281,24 @@ impl RedisStore {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
-    /// GETEX with the idle timeout: reading a session renews it, in the same round trip
-    /// (Redis 6.2 or later).
-    pub async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
-        self.query(
-            redis::cmd("GETEX")
+    /// GET and PTTL in one round trip: a session's state and how long it has left.
+    pub async fn get(&self, id: &str) -> Result<Option<(String, Duration)>, StoreError> {
+        let key = self.key(id);
+        let mut both = redis::pipe();
+        both.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let (state, left): (Option<String>, i64) = self.query_pipe(&both).await?;
+        Ok(state.map(|s| (s, Duration::from_millis(left.max(0) as u64))))
+    }
+
+    /// PEXPIRE: the session lives `ttl` from now (if it still exists).
+    pub async fn touch(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.query::<i64>(
+            redis::cmd("PEXPIRE")
                 .arg(self.key(id))
-                .arg("EX")
-                .arg(self.inner.idle.as_secs()),
+                .arg(ttl.as_millis() as u64),
         )
         .await
+        .map(drop)
     }
 
     /// SET NX EX: false when the id exists already.
@@ -292,8 +309,8 @@ impl RedisStore {
                     .arg(self.key(id))
                     .arg(value)
                     .arg("NX")
-                    .arg("EX")
-                    .arg(ttl.as_secs()),
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64),
             )
             .await?;
         if reply.is_some()
@@ -314,8 +331,8 @@ impl RedisStore {
                     .arg(self.key(id))
                     .arg(value)
                     .arg("XX")
-                    .arg("EX")
-                    .arg(ttl.as_secs()),
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64),
             )
             .await?;
         Ok(reply.is_some())

@@ -1,20 +1,20 @@
-//! `clusterd status|scale|reload`: clients of the master's control socket. Runs in a short-lived
-//! process of its own, never in the master.
+//! `status|scale|reload`: clients of the master's control socket. Runs in a short-lived process
+//! of its own, never in the master.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clusterd::config::{Args, ClusterConfig, Config, SessionConfig};
-use clusterd::master::control;
+use crate::config::{Args, ClusterConfig, Config};
+use crate::master::control;
 
 /// Where the master puts its control socket: `--control-socket`, else the default
 /// (`control::default_path`: systemd's `RuntimeDirectory=`, root's own directory, or the data
 /// dir of a master that is not root).
-pub fn control_path(cluster: &ClusterConfig, session: &SessionConfig) -> PathBuf {
+pub fn control_path(cluster: &ClusterConfig) -> PathBuf {
     cluster.control_socket.clone().unwrap_or_else(|| {
         let runtime = std::env::var_os("RUNTIME_DIRECTORY").map(PathBuf::from);
         control::default_path(
-            &session.data_dir,
+            &cluster.data_dir,
             runtime.as_deref(),
             nix::unistd::geteuid().is_root(),
         )
@@ -33,7 +33,7 @@ fn find(args: &Args, given: Option<&Path>) -> Result<PathBuf, String> {
         return Ok(p);
     }
     let candidates = [
-        control_path(&config.cluster, &config.session),
+        control_path(&config.cluster),
         PathBuf::from("/run/clusterd/control.sock"),
     ];
     candidates
@@ -69,7 +69,7 @@ fn done(result: Result<(), String>) -> ExitCode {
 }
 
 /// `clusterd status [--json]`.
-pub fn status(args: &Args, given: Option<&Path>, json: bool) -> ExitCode {
+pub(super) fn status(args: &Args, given: Option<&Path>, json: bool) -> ExitCode {
     done(ask(args, given, "status").map(|doc| {
         if json {
             println!("{doc}");
@@ -80,14 +80,14 @@ pub fn status(args: &Args, given: Option<&Path>, json: bool) -> ExitCode {
 }
 
 /// `clusterd scale N`.
-pub fn scale(args: &Args, given: Option<&Path>, workers: usize) -> ExitCode {
+pub(super) fn scale(args: &Args, given: Option<&Path>, workers: usize) -> ExitCode {
     done(ask(args, given, &format!("scale {workers}")).map(|_| {
         println!("clusterd: scaling to {workers} workers");
     }))
 }
 
 /// `clusterd reload`.
-pub fn reload(args: &Args, given: Option<&Path>) -> ExitCode {
+pub(super) fn reload(args: &Args, given: Option<&Path>) -> ExitCode {
     done(ask(args, given, "reload").map(|_| {
         println!("clusterd: reloading (see `clusterd status`)");
     }))

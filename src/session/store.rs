@@ -1,0 +1,173 @@
+//! What both stores share: their errors, the throttle's counter types, and actix-session's
+//! `SessionStore` over each, with the renewal rule of the module's documentation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
+use actix_web::cookie::time::Duration as CookieDuration;
+
+/// A store failure. `Unavailable` is what the app turns into 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or did not answer in time.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered something unexpected.
+    #[error("session store error: {0}")]
+    Backend(String),
+}
+
+/// The session state actix-session hands to stores.
+pub type State = HashMap<String, String>;
+
+/// What a store's `reserve` did (the login throttle's counters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// Taken: the counts including this attempt, in the order of the names.
+    Taken(Vec<Counter>),
+    /// Refused: the first counter at its limit.
+    Refused(Counter),
+}
+
+/// Count and remaining window of a failed-login counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    /// Attempts counted in the current window (this one included).
+    pub count: u64,
+    /// Time until the window (and the counter) expires.
+    pub resets_in: Duration,
+}
+
+/// actix-session's TTL as a std duration, at least a millisecond.
+fn ttl_of(ttl: &CookieDuration) -> Duration {
+    Duration::from_millis(ttl.whole_milliseconds().clamp(1, u64::MAX as i128) as u64)
+}
+
+fn encode(state: &State) -> Result<String, anyhow::Error> {
+    Ok(serde_json::to_string(state)?)
+}
+
+fn decode(text: &str) -> Result<State, LoadError> {
+    serde_json::from_str(text).map_err(|e| LoadError::Deserialization(e.into()))
+}
+
+/// A renewal is written once the expiry has slipped by 1/30 of the TTL (a minute at 30
+/// minutes).
+pub const RENEW_GRANULARITY: u32 = 30;
+
+/// When each session a store's user read expires, until actix-session asks to renew it (the
+/// same request): a renewal that would move the expiry by less than 1/[`RENEW_GRANULARITY`] of
+/// the TTL is not written. Bounded: a session read but never renewed (another policy) is
+/// forgotten when the map is full, which only means its next renewal is written.
+#[derive(Clone, Default)]
+pub(crate) struct Renewals(Arc<Mutex<HashMap<String, Instant>>>);
+
+/// Sessions remembered at most by one store handle (one server thread's).
+const RENEWALS_KEPT: usize = 4096;
+
+impl Renewals {
+    fn read(&self, id: &str, left: Duration) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= RENEWALS_KEPT {
+            m.clear();
+        }
+        m.insert(id.to_string(), Instant::now() + left);
+    }
+
+    fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// Whether a renewal to `ttl` from now is worth writing.
+    fn due(&self, id: &str, ttl: Duration) -> bool {
+        let expires = self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        expires.is_none_or(|at| at + ttl / RENEW_GRANULARITY < Instant::now() + ttl)
+    }
+}
+
+/// actix-session's `SessionStore` for a store with `get` (state and time left), `create`,
+/// `replace`, `touch` and `delete`, and a `renewals` field.
+macro_rules! session_store {
+    ($store:ty) => {
+        impl SessionStore for $store {
+            async fn load(&self, key: &SessionKey) -> Result<Option<State>, LoadError> {
+                let found = self
+                    .get(key.as_ref())
+                    .await
+                    .map_err(|e| LoadError::Other(e.into()))?;
+                let Some((text, left)) = found else {
+                    return Ok(None);
+                };
+                self.renewals.read(key.as_ref(), left);
+                decode(&text).map(Some)
+            }
+
+            async fn save(
+                &self,
+                state: State,
+                ttl: &CookieDuration,
+            ) -> Result<SessionKey, SaveError> {
+                let value = encode(&state).map_err(SaveError::Serialization)?;
+                let key = actix_session::storage::generate_session_key();
+                let created = self
+                    .create(key.as_ref(), &value, ttl_of(ttl))
+                    .await
+                    .map_err(|e| SaveError::Other(e.into()))?;
+                if !created {
+                    // 64 random alphanumerics colliding means the RNG is broken (e.g. not
+                    // reseeded after fork); refuse rather than hand one user another's session.
+                    return Err(SaveError::Other(anyhow::anyhow!(
+                        "generated session id already exists"
+                    )));
+                }
+                Ok(key)
+            }
+
+            async fn update(
+                &self,
+                key: SessionKey,
+                state: State,
+                ttl: &CookieDuration,
+            ) -> Result<SessionKey, UpdateError> {
+                let value = encode(&state).map_err(UpdateError::Serialization)?;
+                self.renewals.forget(key.as_ref());
+                let replaced = self
+                    .replace(key.as_ref(), &value, ttl_of(ttl))
+                    .await
+                    .map_err(|e| UpdateError::Other(e.into()))?;
+                if replaced {
+                    return Ok(key);
+                }
+                // The record expired between load and update: store the state under a new id.
+                self.save(state, ttl).await.map_err(|e| match e {
+                    SaveError::Serialization(e) => UpdateError::Serialization(e),
+                    SaveError::Other(e) => UpdateError::Other(e),
+                })
+            }
+
+            async fn update_ttl(
+                &self,
+                key: &SessionKey,
+                ttl: &CookieDuration,
+            ) -> Result<(), anyhow::Error> {
+                let ttl = ttl_of(ttl);
+                if self.renewals.due(key.as_ref(), ttl) {
+                    self.touch(key.as_ref(), ttl).await?;
+                }
+                Ok(())
+            }
+
+            async fn delete(&self, key: &SessionKey) -> Result<(), anyhow::Error> {
+                self.renewals.forget(key.as_ref());
+                Ok(self.delete(key.as_ref()).await?)
+            }
+        }
+    };
+}
+
+#[cfg(feature = "redis")]
+session_store!(super::redis::RedisStore);
+#[cfg(feature = "sqlite")]
+session_store!(super::sqlite::SqliteStore);
