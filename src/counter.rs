@@ -26,6 +26,9 @@ pub const MAX_APP_COUNTERS: usize = 64;
 /// record, plus what the rows' earlier workers counted.
 #[repr(C)]
 struct Header {
+    /// Which counter each index is, as [`layout`] of the image that last handed the slab on
+    /// (first, so that any release can read it): a slab of another layout is not adopted.
+    layout: AtomicU64,
     /// Odd while the master folds a row into `retired` (a sequence lock).
     fold_seq: AtomicU64,
     /// What workers whose rows were reused counted.
@@ -69,6 +72,9 @@ impl Slab {
 
     fn map(fd: OwnedFd) -> Result<Slab, BoardError> {
         let (base, len) = map_shared(&fd)?;
+        if len < std::mem::size_of::<Header>() {
+            return Err(BoardError::too_short());
+        }
         let n = len.saturating_sub(std::mem::size_of::<Header>()) / std::mem::size_of::<Row>();
         // SAFETY: the mapping is page-aligned and at least a header and `n` rows long; the
         // header's size is a multiple of 8, so the rows are aligned; all zeros is a valid value
@@ -95,6 +101,16 @@ impl Slab {
         self.board
     }
 
+    /// Records which counter each index is, before the slab crosses an upgrade.
+    pub fn mark_layout(&self) {
+        self.board.header.layout.store(layout(), Ordering::Relaxed);
+    }
+
+    /// Whether the slab's indices mean the counters this image registered.
+    pub fn same_layout(&self) -> bool {
+        self.board.header.layout.load(Ordering::Relaxed) == layout()
+    }
+
     /// Before row `i` gets a new worker (whose previous one was reaped): adds what it counted
     /// to the retired totals and empties it, as one step for readers.
     pub fn fold(&self, i: usize) {
@@ -108,6 +124,21 @@ impl Slab {
         }
         h.fold_seq.fetch_add(1, Ordering::Release);
     }
+}
+
+/// A hash of the registered counters in index order (and of the slab's shape): two images
+/// agree on it only if every index means the same counter to both.
+pub fn layout() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let all = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    // SipHash with fixed keys: the same in every image of every build.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    (MAX_APP_COUNTERS, std::mem::size_of::<Header>()).hash(&mut h);
+    for d in all.iter() {
+        (&d.name, &d.labels, d.unit == Unit::Seconds).hash(&mut h);
+    }
+    h.finish() | 1
 }
 
 /// The counters and this worker's row, set once when a worker boots.

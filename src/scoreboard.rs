@@ -17,10 +17,6 @@ pub const MAX_THREADS: usize = 16;
 pub const DURATION_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
-/// Login outcomes counted, in record order.
-pub const LOGIN_OUTCOMES: [&str; 4] = ["ok", "failed", "throttled", "shed"];
-/// Session-store operations counted, in record order.
-pub const STORE_OPS: [&str; 4] = ["load", "save", "update", "delete"];
 
 /// What the master publishes about the whole cluster, at the start of the mapping.
 #[repr(C)]
@@ -61,14 +57,9 @@ pub struct Record {
     pub duration_sum_us: AtomicU64,
     /// Open client connections.
     pub connections: AtomicI64,
-    /// Login outcomes, by [`LOGIN_OUTCOMES`].
-    pub logins: [AtomicU64; LOGIN_OUTCOMES.len()],
-    /// Session-store operations by [`STORE_OPS`], their errors, and their total time (µs).
-    pub store_ops: [AtomicU64; STORE_OPS.len()],
-    /// Store operations that failed.
-    pub store_errors: AtomicU64,
-    /// Sum of store operation durations in microseconds.
-    pub store_us: AtomicU64,
+    /// Unused since the demo's login and store counters moved to [`crate::counter`]; kept, so
+    /// the record's layout, which an upgrade adopts from the previous image, stays the same.
+    pub reserved: [AtomicU64; 10],
 }
 
 impl Record {
@@ -86,10 +77,7 @@ impl Record {
         self.duration.iter().for_each(zero);
         zero(&self.duration_sum_us);
         self.connections.store(0, Ordering::Relaxed);
-        self.logins.iter().for_each(zero);
-        self.store_ops.iter().for_each(zero);
-        zero(&self.store_errors);
-        zero(&self.store_us);
+        self.reserved.iter().for_each(zero);
     }
 
     /// The oldest heartbeat among the threads that have ticked, as an age in ms at `now_ms`;
@@ -119,25 +107,6 @@ impl Record {
     }
 }
 
-/// Counts a login outcome (index into [`LOGIN_OUTCOMES`]) on this worker's record.
-pub fn count_login(outcome: usize) {
-    if let Some(r) = mine() {
-        r.logins[outcome].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a session-store operation (index into [`STORE_OPS`]) on this worker's record.
-pub fn count_store(op: usize, took: std::time::Duration, ok: bool) {
-    if let Some(r) = mine() {
-        r.store_ops[op].fetch_add(1, Ordering::Relaxed);
-        r.store_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        if !ok {
-            r.store_errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// `CLOCK_MONOTONIC` in milliseconds: the same clock in every process of the machine.
 pub fn now_ms() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
@@ -158,6 +127,13 @@ impl BoardError {
         BoardError {
             op: "adopting the inherited descriptor",
             source: nix::Error::EBADF,
+        }
+    }
+
+    pub(crate) fn too_short() -> BoardError {
+        BoardError {
+            op: "mapping a board shorter than its header",
+            source: nix::Error::EINVAL,
         }
     }
 }

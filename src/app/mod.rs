@@ -146,6 +146,15 @@ impl WorkerApp for DemoApp {
         Ok(state)
     }
 
+    fn health_label(&self) -> Option<String> {
+        let kind = if self.session.redis_url.is_some() {
+            "redis"
+        } else {
+            "sqlite"
+        };
+        Some(format!("store {kind}"))
+    }
+
     fn health(state: &DemoState) -> crate::worker::Health {
         let up = state.up.load(Ordering::Relaxed);
         let kind = if state.session.redis_url.is_some() {

@@ -233,17 +233,6 @@ impl Service for DemoApp {
     fn run_command(_name: &str, _matches: &clap::ArgMatches) -> ExitCode {
         hash_password()
     }
-
-    fn health_label(&self) -> Option<String> {
-        Some(format!(
-            "store {}",
-            if self.session.redis_url.is_some() {
-                "redis"
-            } else {
-                "sqlite"
-            }
-        ))
-    }
 }
 
 fn hash_password() -> ExitCode {

@@ -168,13 +168,16 @@ impl<A: WorkerApp> Master<A> {
         if let Some(app) = app
             && self.cluster.generations > before
         {
+            // systemd's status line names what the new workers report on.
+            self.cluster.label = app.health_label();
             self.apps.insert(self.cluster.generations, app);
         }
     }
 
-    /// The app a worker of `generation` is forked with. Apps of generations above it belong
-    /// to rollouts that aborted, and those below the newest at or under it are no longer
-    /// forked: both are dropped.
+    /// The app a worker of `generation` (the one being forked) is forked with: the newest at
+    /// or under it. Only that one and the running workers' (a rollout may still abort back to
+    /// it) are kept: apps above it belong to rollouts that aborted, apps between the two to
+    /// rollouts a newer one replaced.
     fn app_for(&mut self, generation: u64) -> u64 {
         self.apps.split_off(&(generation + 1));
         let newest = *self
@@ -241,6 +244,7 @@ impl<A: WorkerApp> Master<A> {
             self.pipes.raw(),
         );
         state.board_fd = Some(self.board.fd());
+        self.counters.mark_layout();
         state.counters_fd = Some(self.counters.fd());
         state.metrics_fd = self.metrics.as_ref().map(AsRawFd::as_raw_fd);
         state.image_fd = Some(image.as_raw_fd());
@@ -270,19 +274,34 @@ impl<A: WorkerApp> Master<A> {
                 }
             }
         }
-        // What the app counted lives on; a board of the right size or a new one, not both.
-        // What the app counted lives on, in rows that match the board kept.
+        // What the app counted lives on, if its slab has a row per record of the board kept
+        // and its indices mean the counters this image registered; else the counts start over.
         let records = self.board.board().records.len();
-        match state.counters_fd.map(crate::counter::Slab::adopt) {
-            Some(Ok(slab)) if board_kept && slab.board().rows() == records => self.counters = slab,
-            Some(Err(e)) => tracing::warn!(error = %e, "the previous app counters are lost"),
-            _ if self.counters.board().rows() != records => {
+        let adopted = match state.counters_fd.map(crate::counter::Slab::adopt) {
+            Some(Ok(slab))
+                if board_kept && slab.board().rows() == records && slab.same_layout() =>
+            {
+                Some(slab)
+            }
+            Some(Ok(_)) => {
+                tracing::warn!("the app's counters changed; their totals start again from zero");
+                None
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the previous app counters are lost");
+                None
+            }
+            None => None,
+        };
+        match adopted {
+            Some(slab) => self.counters = slab,
+            None if self.counters.board().rows() != records => {
                 match crate::counter::Slab::create(records) {
                     Ok(slab) => self.counters = slab,
                     Err(e) => tracing::warn!(error = %e, "no app counters for the adopted board"),
                 }
             }
-            _ => {}
+            None => {}
         }
         // The descriptor this image was executed from: nothing more to do with it.
         drop(state.image_fd.and_then(crate::fd::adopt));

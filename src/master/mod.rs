@@ -265,6 +265,11 @@ impl<A: WorkerApp> Master<A> {
 
     /// `--watch`, at each observation: a replaced binary that has settled is reloaded into.
     fn watch_binary(&mut self, now: Ms, out: &mut Vec<event::Action>) {
+        // A version is looked at only when it could be tried: not while a check runs (its
+        // outcome would decide nothing for this one), not while stopping.
+        if self.check.is_some() || self.cluster.stopping() {
+            return;
+        }
         let (Some(watch), Some(binary)) = (self.watch.as_mut(), self.binary.as_ref()) else {
             return;
         };

@@ -42,7 +42,7 @@ fn find(args: &Args, given: Option<&Path>) -> Result<PathBuf, String> {
         .cloned()
         .ok_or_else(|| {
             format!(
-                "no control socket at {} or {}: is clusterd running? pass --control-socket PATH",
+                "no control socket at {} or {}: is the service running? pass --control-socket PATH",
                 candidates[0].display(),
                 candidates[1].display()
             )
@@ -58,39 +58,48 @@ fn ask(args: &Args, given: Option<&Path>, line: &str) -> Result<serde_json::Valu
     Ok(answer)
 }
 
-fn done(result: Result<(), String>) -> ExitCode {
+fn done(name: &str, result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("clusterd: {e}");
+            eprintln!("{name}: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// `clusterd status [--json]`.
-pub(super) fn status(args: &Args, given: Option<&Path>, json: bool) -> ExitCode {
-    done(ask(args, given, "status").map(|doc| {
-        if json {
-            println!("{doc}");
-        } else {
-            print!("{}", table(&doc));
-        }
-    }))
+/// `status [--json]`.
+pub(super) fn status(name: &str, args: &Args, given: Option<&Path>, json: bool) -> ExitCode {
+    done(
+        name,
+        ask(args, given, "status").map(|doc| {
+            if json {
+                println!("{doc}");
+            } else {
+                print!("{}", table(&doc));
+            }
+        }),
+    )
 }
 
-/// `clusterd scale N`.
-pub(super) fn scale(args: &Args, given: Option<&Path>, workers: usize) -> ExitCode {
-    done(ask(args, given, &format!("scale {workers}")).map(|_| {
-        println!("clusterd: scaling to {workers} workers");
-    }))
+/// `scale N`.
+pub(super) fn scale(name: &str, args: &Args, given: Option<&Path>, workers: usize) -> ExitCode {
+    done(
+        name,
+        ask(args, given, &format!("scale {workers}")).map(|_| {
+            println!("{name}: scaling to {workers} workers");
+        }),
+    )
 }
 
-/// `clusterd reload`.
-pub(super) fn reload(args: &Args, given: Option<&Path>) -> ExitCode {
-    done(ask(args, given, "reload").map(|_| {
-        println!("clusterd: reloading (see `clusterd status`)");
-    }))
+/// `reload`.
+pub(super) fn reload(name: &str, args: &Args, given: Option<&Path>) -> ExitCode {
+    done(
+        name,
+        ask(args, given, "reload").map(|_| {
+            println!("{name}: reloading (see `{name} status`)");
+        }),
+    )
 }
 
 /// The status document as a person reads it: the master's line, then a line per worker.

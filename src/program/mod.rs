@@ -34,7 +34,7 @@ pub const EXIT_CONFIG: u8 = 2;
 ///
 /// `build` runs in the master, before the first fork and again on every reload (`HUP`,
 /// `reload`): prepare there what every worker shares (configuration, keys, files read once) and
-/// register metrics ([`crate::metrics::counter`]). Connections belong in
+/// register counters ([`crate::counter`]). Connections belong in
 /// [`WorkerApp::init`], after the fork.
 pub trait Service: WorkerApp + Sized {
     /// The app's own options, a `#[derive(clap::Args)]` struct: each is a flag (with the
@@ -66,12 +66,6 @@ pub trait Service: WorkerApp + Sized {
         eprintln!("{}: no subcommand {name}", Self::NAME);
         ExitCode::from(EXIT_CONFIG)
     }
-
-    /// What the workers' health reports ([`crate::worker::MasterLink::report_health`]) are
-    /// about, e.g. "store redis": systemd's status line then says "store redis ok".
-    fn health_label(&self) -> Option<String> {
-        None
-    }
 }
 
 /// What the master knows when it builds the app.
@@ -91,15 +85,13 @@ pub fn run<S: Service>() -> ExitCode {
     // Before anything rewrites argv (the process title): an upgrade re-executes with it.
     let binary = Binary::at_start();
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let matches = match command::<S>().try_get_matches_from(&argv) {
+    let matches = match options::command_line::<S>().try_get_matches_from(&argv) {
         Ok(m) => m,
         // --help and --version print and exit 0 as clap does.
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // One line naming the option (clap's first), not its usage block.
-            let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("invalid command line");
-            eprintln!("{}: {}", S::NAME, line.trim_start_matches("error: "));
+            // One line naming the option, not its usage block.
+            eprintln!("{}: {}", S::NAME, options::one_line(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -119,13 +111,13 @@ pub fn run<S: Service>() -> ExitCode {
         Some(Command::Status {
             json,
             control_socket,
-        }) => return client::status(&cli.args, control_socket.as_deref(), *json),
+        }) => return client::status(S::NAME, &cli.args, control_socket.as_deref(), *json),
         Some(Command::Scale {
             workers,
             control_socket,
-        }) => return client::scale(&cli.args, control_socket.as_deref(), *workers),
+        }) => return client::scale(S::NAME, &cli.args, control_socket.as_deref(), *workers),
         Some(Command::Reload { control_socket }) => {
-            return client::reload(&cli.args, control_socket.as_deref());
+            return client::reload(S::NAME, &cli.args, control_socket.as_deref());
         }
         None => {}
     }

@@ -19,10 +19,18 @@ use crate::config::{Cli, Config, ConfigError, FileKey};
 /// the app's subcommands.
 pub fn command<S: Service>() -> Command {
     use clap::CommandFactory;
-    let cmd = <S::Options as clap::Args>::augment_args(Cli::command().name(S::NAME));
+    let cmd = <S::Options as clap::Args>::augment_args(Cli::command().name(S::NAME))
+        // `status` and the app's subcommands need none of the service's required options.
+        .subcommand_negates_reqs(true);
     S::commands()
         .into_iter()
         .fold(cmd, |cmd, sub| cmd.subcommand(sub))
+}
+
+/// [`command`] with no option required: what the command line alone says, before the config
+/// file (which may hold a required option) is merged in.
+pub(super) fn command_line<S: Service>() -> Command {
+    command::<S>().mut_args(|a| a.required(false))
 }
 
 /// The app's options: `argv` (and the environment) over the file's app keys in `config` over
@@ -31,7 +39,7 @@ pub(super) fn app_options<S: Service>(
     argv: &[OsString],
     config: &Config,
 ) -> Result<S::Options, ConfigError> {
-    let given = command::<S>()
+    let given = command_line::<S>()
         .try_get_matches_from(argv)
         .map_err(|e| cli_error(&e))?;
     let app_args: Vec<Arg> = <S::Options as clap::Args>::augment_args(Command::new(S::NAME))
@@ -127,13 +135,113 @@ fn as_flags(arg: &Arg, key: &FileKey) -> Result<Vec<OsString>, String> {
     })
 }
 
-/// clap's message, first line, without its `error: ` prefix.
-fn cli_error(e: &clap::Error) -> ConfigError {
+/// clap's message without its usage block, on one line (a missing option is named on the
+/// lines after the first).
+pub(super) fn one_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let line = text
+    let said: Vec<&str> = text
         .lines()
-        .next()
-        .unwrap_or("invalid option")
-        .trim_start_matches("error: ");
-    ConfigError::Options(line.to_string())
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+        .map(str::trim)
+        .collect();
+    said.join(" ").trim_start_matches("error: ").to_string()
+}
+
+fn cli_error(e: &clap::Error) -> ConfigError {
+    ConfigError::Options(one_line(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Args;
+    use crate::worker::{BootError, WorkerApp, WorkerInfo};
+
+    /// An app with a required option, a defaulted one and a switch.
+    struct App;
+
+    #[derive(Debug, Clone, clap::Args)]
+    struct Opts {
+        /// Required
+        #[arg(long)]
+        db: String,
+        /// Defaulted
+        #[arg(long, default_value_t = 3)]
+        tries: u32,
+        /// A switch
+        #[arg(long)]
+        loud: bool,
+    }
+
+    impl WorkerApp for App {
+        type State = ();
+        async fn init(&self, _: &WorkerInfo) -> Result<(), BootError> {
+            Ok(())
+        }
+        fn configure(_: &(), _: &mut actix_web::web::ServiceConfig) {}
+    }
+
+    impl Service for App {
+        type Options = Opts;
+        const NAME: &'static str = "app";
+        fn build(_: Opts, _: &super::super::Setup<'_>) -> Result<Self, BootError> {
+            Ok(App)
+        }
+    }
+
+    fn load(argv: &[&str], file: &[(&str, toml::Value)]) -> Result<Opts, String> {
+        let mut config = Config::from_args(Args::default(), None).unwrap();
+        config.file = Some("app.toml".into());
+        config.app_keys = file
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| FileKey {
+                key: k.to_string(),
+                value: v.clone(),
+                at: format!(" (line {})", i + 1),
+            })
+            .collect();
+        let argv: Vec<OsString> = std::iter::once("app")
+            .chain(argv.iter().copied())
+            .map(Into::into)
+            .collect();
+        app_options::<App>(&argv, &config).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file = [
+            ("db", toml::Value::from("file")),
+            ("tries", toml::Value::from(5)),
+        ];
+        let o = load(&[], &file).unwrap();
+        assert_eq!((o.db.as_str(), o.tries, o.loud), ("file", 5, false));
+        let o = load(&["--db", "flag"], &file).unwrap();
+        assert_eq!((o.db.as_str(), o.tries), ("flag", 5));
+        let o = load(&["--db", "x"], &[("loud", toml::Value::from(true))]).unwrap();
+        assert!(o.loud);
+        assert_eq!(o.tries, 3);
+    }
+
+    #[test]
+    fn the_file_can_hold_a_required_option_and_subcommands_need_none() {
+        let err = load(&[], &[]).unwrap_err();
+        assert!(err.contains("--db"), "{err}");
+        assert!(load(&[], &[("db", toml::Value::from("f"))]).is_ok());
+        let m = command::<App>().try_get_matches_from(["app", "status"]);
+        assert!(m.is_ok(), "{m:?}");
+    }
+
+    #[test]
+    fn a_bad_or_unknown_key_names_its_line() {
+        let err = load(&["--db", "x"], &[("tries", toml::Value::from("many"))]).unwrap_err();
+        assert!(err.contains("--tries") && err.contains("(line 1)"), "{err}");
+        let err = load(&["--db", "x"], &[("trys", toml::Value::from(1))]).unwrap_err();
+        assert!(
+            err.contains("unknown key `trys`") && err.contains("(line 1)"),
+            "{err}"
+        );
+        let err = load(&["--db", "x"], &[("loud", toml::Value::from("yes"))]).unwrap_err();
+        assert!(err.contains("switch"), "{err}");
+    }
 }

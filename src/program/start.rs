@@ -101,8 +101,11 @@ pub(super) fn run<S: Service>(
     let running = config.clone();
     let reload = Box::new(move || -> Result<(Reloaded, Option<S>), String> {
         let (new, options) = loader.load().map_err(|e| e.to_string())?;
+        // The app sees what the workers will run: restart-only settings (the data dir, the
+        // user) stay as they are until a restart.
+        let runs = master::reload::merge(&running.cluster, new.cluster.clone());
         let setup = Setup {
-            cluster: &new.cluster,
+            cluster: &runs,
             credentials,
             reloading: true,
         };

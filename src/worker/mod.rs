@@ -83,6 +83,12 @@ pub trait WorkerApp: Send + Sync + 'static {
         let _ = state;
         Health::default()
     }
+
+    /// What the workers' health reports ([`MasterLink::report_health`]) are about, e.g.
+    /// "store redis": systemd's status line then says "store redis ok". None by default.
+    fn health_label(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The app's part of a health answer.

@@ -15,5 +15,6 @@ mod operate;
 mod page;
 mod sentinel;
 mod sessions;
+mod stores;
 mod systemd;
 mod upgrade;
