@@ -290,7 +290,7 @@ impl SqliteStore {
 
     /// The state of a live session and how long it has left. A read only: WAL lets it run
     /// beside the one writer.
-    pub async fn get(&self, id: &str) -> Result<Option<(String, Duration)>, StoreError> {
+    pub async fn get(&self, id: &str) -> Result<Option<(String, Option<Duration>)>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
             let now = now_ms();
@@ -300,7 +300,7 @@ impl SqliteStore {
                 )?
                 .query_row(params![id, now], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            Ok(row.map(|(s, at)| (s, Duration::from_millis((at - now).max(0) as u64))))
+            Ok(row.map(|(s, at)| (s, Some(Duration::from_millis((at - now).max(0) as u64)))))
         })
         .await
     }

@@ -57,23 +57,26 @@ fn decode(text: &str) -> Result<State, LoadError> {
 /// minutes).
 pub const RENEW_GRANULARITY: u32 = 30;
 
-/// When each session a store's user read expires, until actix-session asks to renew it (the
-/// same request): a renewal that would move the expiry by less than 1/[`RENEW_GRANULARITY`] of
-/// the TTL is not written. Bounded: a session read but never renewed (another policy) is
-/// forgotten when the map is full, which only means its next renewal is written.
+/// When each session this store handle (one server thread's) knows of expires at the
+/// earliest: from its own writes (a save, an update, a renewal: the expiry is at least that,
+/// since another worker can only push it further or delete the session, which a read then
+/// finds), or from a read that returned the time left. A renewal that would move the expiry by
+/// less than 1/[`RENEW_GRANULARITY`] of the TTL is not written; one of a session this handle
+/// knows nothing of is. Bounded: when full, everything is forgotten, which only means the next
+/// renewal of each is written.
 #[derive(Clone, Default)]
 pub(crate) struct Renewals(Arc<Mutex<HashMap<String, Instant>>>);
 
-/// Sessions remembered at most by one store handle (one server thread's).
+/// Sessions remembered at most by one store handle.
 const RENEWALS_KEPT: usize = 4096;
 
 impl Renewals {
-    fn read(&self, id: &str, left: Duration) {
+    fn known(&self, id: &str, expires: Instant) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= RENEWALS_KEPT {
+        if m.len() >= RENEWALS_KEPT && !m.contains_key(id) {
             m.clear();
         }
-        m.insert(id.to_string(), Instant::now() + left);
+        m.insert(id.to_string(), expires);
     }
 
     fn forget(&self, id: &str) {
@@ -82,13 +85,14 @@ impl Renewals {
 
     /// Whether a renewal to `ttl` from now is worth writing.
     fn due(&self, id: &str, ttl: Duration) -> bool {
-        let expires = self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        expires.is_none_or(|at| at + ttl / RENEW_GRANULARITY < Instant::now() + ttl)
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(id)
+            .is_none_or(|at| *at + ttl / RENEW_GRANULARITY < Instant::now() + ttl)
     }
 }
 
-/// actix-session's `SessionStore` for a store with `get` (state and time left), `create`,
-/// `replace`, `touch` and `delete`, and a `renewals` field.
+/// actix-session's `SessionStore` for a store with `get` (state, and the time left if the read
+/// tells it), `create`, `replace`, `touch` and `delete`, and a `renewals` field.
 macro_rules! session_store {
     ($store:ty) => {
         impl SessionStore for $store {
@@ -98,9 +102,12 @@ macro_rules! session_store {
                     .await
                     .map_err(|e| LoadError::Other(e.into()))?;
                 let Some((text, left)) = found else {
+                    self.renewals.forget(key.as_ref());
                     return Ok(None);
                 };
-                self.renewals.read(key.as_ref(), left);
+                if let Some(left) = left {
+                    self.renewals.known(key.as_ref(), Instant::now() + left);
+                }
                 decode(&text).map(Some)
             }
 
@@ -111,6 +118,7 @@ macro_rules! session_store {
             ) -> Result<SessionKey, SaveError> {
                 let value = encode(&state).map_err(SaveError::Serialization)?;
                 let key = actix_session::storage::generate_session_key();
+                let expires = Instant::now() + ttl_of(ttl);
                 let created = self
                     .create(key.as_ref(), &value, ttl_of(ttl))
                     .await
@@ -122,6 +130,7 @@ macro_rules! session_store {
                         "generated session id already exists"
                     )));
                 }
+                self.renewals.known(key.as_ref(), expires);
                 Ok(key)
             }
 
@@ -132,14 +141,16 @@ macro_rules! session_store {
                 ttl: &CookieDuration,
             ) -> Result<SessionKey, UpdateError> {
                 let value = encode(&state).map_err(UpdateError::Serialization)?;
-                self.renewals.forget(key.as_ref());
+                let expires = Instant::now() + ttl_of(ttl);
                 let replaced = self
                     .replace(key.as_ref(), &value, ttl_of(ttl))
                     .await
                     .map_err(|e| UpdateError::Other(e.into()))?;
                 if replaced {
+                    self.renewals.known(key.as_ref(), expires);
                     return Ok(key);
                 }
+                self.renewals.forget(key.as_ref());
                 // The record expired between load and update: store the state under a new id.
                 self.save(state, ttl).await.map_err(|e| match e {
                     SaveError::Serialization(e) => UpdateError::Serialization(e),
@@ -154,7 +165,9 @@ macro_rules! session_store {
             ) -> Result<(), anyhow::Error> {
                 let ttl = ttl_of(ttl);
                 if self.renewals.due(key.as_ref(), ttl) {
+                    let expires = Instant::now() + ttl;
                     self.touch(key.as_ref(), ttl).await?;
+                    self.renewals.known(key.as_ref(), expires);
                 }
                 Ok(())
             }

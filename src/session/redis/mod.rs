@@ -233,16 +233,6 @@ impl RedisStore {
         }
     }
 
-    /// Runs a pipeline, as [`RedisStore::query`] runs a command.
-    async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut conn = self.connection().await?;
-        let result = match &mut conn {
-            Connection::Single(c) => pipe.query_async(c).await,
-            Connection::Cluster(c) => pipe.query_async(c).await,
-        };
-        result.map_err(|e| self.failed(e))
-    }
-
     fn failed(&self, e: RedisError) -> StoreError {
         // READONLY: the node was demoted to a replica (a Sentinel failover); reconnect, which
         // looks the primary up again.
@@ -281,13 +271,11 @@ impl RedisStore {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
-    /// GET and PTTL in one round trip: a session's state and how long it has left.
-    pub async fn get(&self, id: &str) -> Result<Option<(String, Duration)>, StoreError> {
-        let key = self.key(id);
-        let mut both = redis::pipe();
-        both.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
-        let (state, left): (Option<String>, i64) = self.query_pipe(&both).await?;
-        Ok(state.map(|s| (s, Duration::from_millis(left.max(0) as u64))))
+    /// GET: a session's state. A read only (the renewal is `touch`, when it is due); the time
+    /// left is not asked for, which would double the commands of every signed-in request.
+    pub async fn get(&self, id: &str) -> Result<Option<(String, Option<Duration>)>, StoreError> {
+        let state: Option<String> = self.query(redis::cmd("GET").arg(self.key(id))).await?;
+        Ok(state.map(|s| (s, None)))
     }
 
     /// PEXPIRE: the session lives `ttl` from now (if it still exists).
