@@ -45,6 +45,13 @@ pub trait Service: WorkerApp + Sized {
     /// The program's name, for `--help` and messages.
     const NAME: &'static str;
 
+    /// What `--version` prints after the name (e.g. `env!("CARGO_PKG_VERSION")`); clusterd's
+    /// version by default.
+    const VERSION: Option<&'static str> = None;
+
+    /// The line under the name in `--help`; clusterd's by default.
+    const ABOUT: Option<&'static str> = None;
+
     /// Builds the app from its options. [`BootError::Config`] means the options cannot work:
     /// at start the program exits 2, on a reload the running app keeps serving.
     fn build(options: Self::Options, setup: &Setup<'_>) -> Result<Self, BootError>;

@@ -19,7 +19,14 @@ use crate::config::{Cli, Config, ConfigError, FileKey};
 /// the app's subcommands.
 pub fn command<S: Service>() -> Command {
     use clap::CommandFactory;
-    let cmd = <S::Options as clap::Args>::augment_args(Cli::command().name(S::NAME))
+    let mut cmd = Cli::command().name(S::NAME);
+    if let Some(version) = S::VERSION {
+        cmd = cmd.version(version);
+    }
+    if let Some(about) = S::ABOUT {
+        cmd = cmd.about(about);
+    }
+    let cmd = <S::Options as clap::Args>::augment_args(cmd)
         // `status` and the app's subcommands need none of the service's required options.
         .subcommand_negates_reqs(true);
     S::commands()
@@ -184,6 +191,8 @@ mod tests {
     impl Service for App {
         type Options = Opts;
         const NAME: &'static str = "app";
+        const VERSION: Option<&'static str> = Some("7.0");
+        const ABOUT: Option<&'static str> = Some("An app");
         fn build(_: Opts, _: &super::super::Setup<'_>) -> Result<Self, BootError> {
             Ok(App)
         }
@@ -221,6 +230,17 @@ mod tests {
         let o = load(&["--db", "x"], &[("loud", toml::Value::from(true))]).unwrap();
         assert!(o.loud);
         assert_eq!(o.tries, 3);
+    }
+
+    #[test]
+    fn the_program_is_named_as_the_app_says() {
+        let cmd = command::<App>();
+        assert_eq!(cmd.get_name(), "app");
+        assert_eq!(cmd.get_version(), Some("7.0"));
+        assert_eq!(
+            cmd.get_about().map(|a| a.to_string()).as_deref(),
+            Some("An app")
+        );
     }
 
     #[test]
