@@ -597,7 +597,12 @@ impl Clusterd {
 
     /// Runs `clusterd ARGS --control-socket <the master's>`: (exit code, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let out = Command::new(BIN)
+        self.ctl_with(Path::new(BIN), args)
+    }
+
+    /// [`Clusterd::ctl`] with another program built on `clusterd::run` (an example's).
+    pub fn ctl_with(&self, bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(bin)
             .args(args)
             .arg("--control-socket")
             .arg(&self.control)

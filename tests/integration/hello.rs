@@ -25,18 +25,6 @@ fn hello() -> PathBuf {
     path
 }
 
-/// `hello ARGS --control-socket <the master's>`: (exit code, stdout, stderr).
-fn ctl(c: &Clusterd, bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin)
-        .args(args)
-        .arg("--control-socket")
-        .arg(&c.control)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
 /// `/metrics`' value of `name` (no labels).
 fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
     let r = request(addr, "GET", "/metrics", &[], b"").unwrap();
@@ -94,17 +82,17 @@ fn hello_has_every_option_subcommand_and_its_own_greeting_and_counter() {
     // The core's health route, for this app too.
     assert_eq!(c.get("/healthz").json()["status"], "ok");
 
-    let (code, out, err) = ctl(&c, &bin, &["status", "--json"]);
+    let (code, out, err) = c.ctl_with(&bin, &["status", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["workers"].as_array().unwrap().len(), 2);
-    let (code, _, err) = ctl(&c, &bin, &["scale", "3"]);
+    let (code, _, err) = c.ctl_with(&bin, &["scale", "3"]);
     assert_eq!(code, Some(0), "{err}");
     c.wait_status(T, "three workers", |d| {
         d["master"]["workers"] == 3 && d["master"]["target"] == 3
     });
     let g = c.generation();
-    let (code, _, err) = ctl(&c, &bin, &["reload"]);
+    let (code, _, err) = c.ctl_with(&bin, &["reload"]);
     assert_eq!(code, Some(0), "{err}");
     c.wait_reloaded(T, g);
 
