@@ -12,14 +12,14 @@ use super::Args;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "clusterd", version, about, long_about = None)]
 pub struct Cli {
-    /// A subcommand; without one, clusterd runs the service.
+    /// A subcommand; without one, the service runs.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// How log lines look: plain (for people, also in the journal) or json (one object a line, for log shippers); flag or variable only, since logging starts before the config file is read [default: plain]
     #[arg(long, env = "CLUSTERD_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = crate::log::Format::Plain, hide_default_value = true)]
     pub log_format: crate::log::Format,
     /// Check the configuration (options, config file, users file, key file, --user) and exit:
-    /// 0 if clusterd can start with it, 2 and the reason if not. Binds nothing, writes nothing.
+    /// 0 if the service can start with it, 2 and the reason if not. Binds nothing, writes nothing.
     #[arg(long)]
     pub check_config: bool,
     /// Development loop: whenever the binary's file is replaced (`cargo build` in another

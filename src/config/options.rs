@@ -85,7 +85,7 @@ options! {
         /// When started as root: group the workers run as [default: the user's group]
         #[arg(long, env = "CLUSTERD_GROUP", value_name = "GROUP")]
         pub group: Option<String>,
-        /// Unix socket of the master for `clusterd status|scale|reload` (mode 0600) [default: $RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-HASH.sock (HASH: of the data dir), else control.sock in the data dir]
+        /// Unix socket of the master for the `status`, `scale` and `reload` subcommands (mode 0600) [default: $RUNTIME_DIRECTORY/control.sock, else for root /run/clusterd/control-HASH.sock (HASH: of the data dir), else control.sock in the data dir]
         #[arg(long, env = "CLUSTERD_CONTROL_SOCKET", value_name = "PATH")]
         pub control_socket: Option<PathBuf>,
         /// Serve Prometheus metrics at /metrics (and the dashboard at /) on this address, from the workers [default: off]
@@ -115,7 +115,7 @@ options! {
         /// Path of the health route every worker answers, before the app's routes (`off`: none) [default: /healthz]
         #[arg(long, env = "CLUSTERD_HEALTH_PATH", value_name = "PATH")]
         pub health_path: Option<String>,
-        /// Most workers TTIN or `clusterd scale` may ask for [default: 4 per CPU, at least 16]
+        /// Most workers TTIN or the `scale` subcommand may ask for [default: 4 per CPU, at least 16]
         #[arg(long, env = "CLUSTERD_MAX_WORKERS", value_name = "N", value_parser = parse_count)]
         pub max_workers: Option<usize>,
     }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::Service;
 use crate::config::{Args, ClusterConfig, Config};
 use crate::master::control;
 
@@ -23,11 +24,14 @@ pub fn control_path(cluster: &ClusterConfig) -> PathBuf {
 
 /// The socket a client talks to: the one given, else where a master with these options would
 /// put it, else the service's (`/run/clusterd/control.sock`): the first that exists.
-fn find(args: &Args, given: Option<&Path>) -> Result<PathBuf, String> {
+fn find<S: Service>(args: &Args, given: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(p) = given {
         return Ok(p.to_path_buf());
     }
-    let state = std::env::var_os("STATE_DIRECTORY").map(PathBuf::from);
+    // As the master chooses its data dir (see `Loader`).
+    let state = std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .or_else(|| Some(super::options::default_data_dir::<S>().into()));
     let config = Config::load(args, state.as_deref()).map_err(|e| e.to_string())?;
     if let Some(p) = config.cluster.control_socket {
         return Ok(p);
@@ -49,8 +53,12 @@ fn find(args: &Args, given: Option<&Path>) -> Result<PathBuf, String> {
         })
 }
 
-fn ask(args: &Args, given: Option<&Path>, line: &str) -> Result<serde_json::Value, String> {
-    let path = find(args, given)?;
+fn ask<S: Service>(
+    args: &Args,
+    given: Option<&Path>,
+    line: &str,
+) -> Result<serde_json::Value, String> {
+    let path = find::<S>(args, given)?;
     let answer = control::ask(&path, line)?;
     if answer["ok"] == serde_json::Value::Bool(false) {
         return Err(answer["error"].as_str().unwrap_or("refused").to_string());
@@ -69,10 +77,10 @@ fn done(name: &str, result: Result<(), String>) -> ExitCode {
 }
 
 /// `status [--json]`.
-pub(super) fn status(name: &str, args: &Args, given: Option<&Path>, json: bool) -> ExitCode {
+pub(super) fn status<S: Service>(args: &Args, given: Option<&Path>, json: bool) -> ExitCode {
     done(
-        name,
-        ask(args, given, "status").map(|doc| {
+        S::NAME,
+        ask::<S>(args, given, "status").map(|doc| {
             if json {
                 println!("{doc}");
             } else {
@@ -83,20 +91,22 @@ pub(super) fn status(name: &str, args: &Args, given: Option<&Path>, json: bool) 
 }
 
 /// `scale N`.
-pub(super) fn scale(name: &str, args: &Args, given: Option<&Path>, workers: usize) -> ExitCode {
+pub(super) fn scale<S: Service>(args: &Args, given: Option<&Path>, workers: usize) -> ExitCode {
+    let name = S::NAME;
     done(
         name,
-        ask(args, given, &format!("scale {workers}")).map(|_| {
+        ask::<S>(args, given, &format!("scale {workers}")).map(|_| {
             println!("{name}: scaling to {workers} workers");
         }),
     )
 }
 
 /// `reload`.
-pub(super) fn reload(name: &str, args: &Args, given: Option<&Path>) -> ExitCode {
+pub(super) fn reload<S: Service>(args: &Args, given: Option<&Path>) -> ExitCode {
+    let name = S::NAME;
     done(
         name,
-        ask(args, given, "reload").map(|_| {
+        ask::<S>(args, given, "reload").map(|_| {
             println!("{name}: reloading (see `{name} status`)");
         }),
     )

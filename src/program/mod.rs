@@ -118,13 +118,13 @@ pub fn run<S: Service>() -> ExitCode {
         Some(Command::Status {
             json,
             control_socket,
-        }) => return client::status(S::NAME, &cli.args, control_socket.as_deref(), *json),
+        }) => return client::status::<S>(&cli.args, control_socket.as_deref(), *json),
         Some(Command::Scale {
             workers,
             control_socket,
-        }) => return client::scale(S::NAME, &cli.args, control_socket.as_deref(), *workers),
+        }) => return client::scale::<S>(&cli.args, control_socket.as_deref(), *workers),
         Some(Command::Reload { control_socket }) => {
-            return client::reload(S::NAME, &cli.args, control_socket.as_deref());
+            return client::reload::<S>(&cli.args, control_socket.as_deref());
         }
         None => {}
     }
@@ -180,7 +180,10 @@ impl<S: Service> Loader<S> {
         Loader {
             args,
             argv,
-            state_directory: std::env::var_os("STATE_DIRECTORY").map(Into::into),
+            // systemd's $STATE_DIRECTORY, else `<name>-data`, is the data dir no option names.
+            state_directory: std::env::var_os("STATE_DIRECTORY")
+                .map(Into::into)
+                .or_else(|| Some(options::default_data_dir::<S>().into())),
             _app: std::marker::PhantomData,
         }
     }

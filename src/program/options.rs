@@ -19,19 +19,34 @@ use crate::config::{Cli, Config, ConfigError, FileKey};
 /// the app's subcommands.
 pub fn command<S: Service>() -> Command {
     use clap::CommandFactory;
-    let mut cmd = Cli::command().name(S::NAME);
+    let base = Cli::command();
+    let about: clap::builder::StyledStr = S::ABOUT
+        .map(Into::into)
+        .or_else(|| base.get_about().cloned())
+        .unwrap_or_default();
+    let mut cmd = <S::Options as clap::Args>::augment_args(base.name(S::NAME))
+        // The options struct's doc comment is not the program's headline.
+        .about(about)
+        .long_about(None::<&str>)
+        // `status` and the app's subcommands need none of the service's required options.
+        .subcommand_negates_reqs(true)
+        .mut_arg("data_dir", |a| {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            a.help(help.replace("./clusterd-data", &format!("./{}", default_data_dir::<S>())))
+        });
     if let Some(version) = S::VERSION {
         cmd = cmd.version(version);
     }
-    if let Some(about) = S::ABOUT {
-        cmd = cmd.about(about);
-    }
-    let cmd = <S::Options as clap::Args>::augment_args(cmd)
-        // `status` and the app's subcommands need none of the service's required options.
-        .subcommand_negates_reqs(true);
     S::commands()
         .into_iter()
         .fold(cmd, |cmd, sub| cmd.subcommand(sub))
+}
+
+/// The data dir when neither an option nor systemd's `$STATE_DIRECTORY` names one:
+/// `<name>-data`, so two programs started in one directory keep apart (`clusterd-data` for
+/// `clusterd`).
+pub(super) fn default_data_dir<S: Service>() -> String {
+    format!("{}-data", S::NAME)
 }
 
 /// [`command`] with no option required: what the command line alone says, before the config

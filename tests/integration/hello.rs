@@ -300,3 +300,26 @@ fn hello_upgrades_itself_in_place_by_hup_and_by_watch() {
     join_loops(loops).assert_clean(100);
     assert_eq!(c.get("/").status, 200);
 }
+
+/// `hello status` with no `--control-socket` finds the master where a master with the same
+/// options puts it, as `clusterd status` does.
+#[test]
+fn hello_status_finds_the_default_control_socket() {
+    let bin = hello();
+    let c = Clusterd::start(Opts::default().binary(&bin).workers(1).default_control());
+    let out = Command::new(&bin)
+        .arg("--data-dir")
+        .arg(&c.data)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["master"]["pid"], c.pid());
+}

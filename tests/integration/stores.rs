@@ -370,33 +370,45 @@ fn guard<S: SessionStore + 'static>(
     assert_eq!(r4.json(), ir(Some("ferris"), 1));
 }
 
-/// Under `session_ttl(2 s)`, renewed on every request: a session idle for 3.5 s is gone, one
-/// used every second lives on past 2 s (4 s here).
+/// Under `session_ttl(2 s)`: a session idle for 3.6 s is gone, one used every 0.9 s lives on
+/// past 2 s (4 s here). "Used" as each policy renews: any request with `OnEveryRequest`, a
+/// request that changes the state with the default `OnStateChanges` (a read alone renews
+/// nothing there, with actix-session's own stores too).
 fn the_middlewares_ttl_is_the_only_ttl<S: SessionStore + 'static>(
     store: impl Fn() -> S + Clone + Send + 'static,
 ) {
-    let mut setup = Setup::new(
-        "s",
-        time::Duration::seconds(2),
-        CookieContentSecurity::Private,
-    );
-    setup.every_request = true;
-    let srv = start(store, setup);
-    let idle = srv.get("/set100", None).cookie("s").unwrap();
-    let used = srv.get("/set100", None).cookie("s").unwrap();
-    for _ in 0..4 {
-        std::thread::sleep(Duration::from_millis(900));
+    for every_request in [true, false] {
+        let mut setup = Setup::new(
+            "s",
+            time::Duration::seconds(2),
+            CookieContentSecurity::Private,
+        );
+        setup.every_request = every_request;
+        let srv = start(store.clone(), setup);
+        let idle = srv.get("/set100", None).cookie("s").unwrap();
+        let mut used = srv.post("/do_something", None, None).cookie("s").unwrap();
+        for n in 2..6 {
+            std::thread::sleep(Duration::from_millis(900));
+            let r = if every_request {
+                srv.get("/", Some(&used))
+            } else {
+                srv.post("/do_something", Some(&used), None)
+            };
+            assert_eq!(
+                r.json().counter,
+                if every_request { 1 } else { n },
+                "used every second"
+            );
+            if let Some(c) = r.cookie("s") {
+                used = c;
+            }
+        }
         assert_eq!(
-            srv.get("/test/", Some(&used)).body,
-            b"counter: 100",
-            "used every second"
+            srv.get("/test/", Some(&idle)).body,
+            b"no-changes-in-session",
+            "idle for 3.6 s"
         );
     }
-    assert_eq!(
-        srv.get("/test/", Some(&idle)).body,
-        b"no-changes-in-session",
-        "idle for 3.6 s"
-    );
 }
 
 fn sqlite(tag: &str) -> (TempDir, impl Fn() -> SqliteStore + Clone + Send + 'static) {
