@@ -132,9 +132,9 @@ fn key_from(path: &Path, file: files::Small) -> Result<Key, KeyError> {
     Ok(Key::from(&bytes))
 }
 
-/// The embedded store's database (`sqlite::FILE_NAME`; named here too, so the data dir is
-/// checked the same with or without the `sqlite` feature).
-pub(crate) const STORE_FILE: &str = "sessions.sqlite3";
+/// The embedded store's database (`sqlite::FILE_NAME`, which a test holds equal; named here
+/// too, so the data dir is checked the same with or without the `sqlite` feature).
+const STORE_FILE: &str = "sessions.sqlite3";
 
 /// Names of the embedded store's files in the data dir.
 const STORE_FILES: [&str; 3] = [STORE_FILE, "sessions.sqlite3-wal", "sessions.sqlite3-shm"];
@@ -274,6 +274,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn the_store_file_checked_is_the_one_the_store_opens() {
+        assert_eq!(STORE_FILE, crate::session::sqlite::FILE_NAME);
     }
 
     #[test]

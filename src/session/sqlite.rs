@@ -32,7 +32,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::{Counter, Reservation, StoreError};
 
 /// File name inside the data dir.
-pub const FILE_NAME: &str = super::key::STORE_FILE;
+pub const FILE_NAME: &str = "sessions.sqlite3";
 /// How often expired rows are deleted.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 
