@@ -1,8 +1,8 @@
 //! Counters of the app's own, summed over the workers by `/metrics`: registered by name in the
 //! master before the first fork (in [`crate::program::Service::build`]), incremented in the
-//! workers with one relaxed atomic add on the worker's scoreboard record (no lock, no system
-//! call), and monotonic: what a worker counted is folded into the board's header when its
-//! record is reused, so a death or a recycle takes nothing away.
+//! workers with one relaxed atomic add on the worker's row of a shared memfd beside the
+//! scoreboard (no lock, no system call), and monotonic: what a worker counted is folded into
+//! the retired totals when its row is reused, so a death or a recycle takes nothing away.
 //!
 //! ```no_run
 //! # use clusterd::counter;

@@ -264,8 +264,6 @@ fn app_counters(reg: &mut Registry) {
     let Some(board) = crate::counter::board() else {
         return;
     };
-    type Floats = Counter<f64, std::sync::atomic::AtomicU64>;
-    type AppLabels = Vec<(String, String)>;
     let totals = crate::counter::totals(board);
     let mut done: Vec<&str> = Vec::new();
     for (desc, _) in &totals {
@@ -273,38 +271,41 @@ fn app_counters(reg: &mut Registry) {
             continue;
         }
         done.push(&desc.name);
-        let same = totals.iter().filter(|(d, _)| d.name == desc.name);
-        let (name, help) = (desc.name.clone(), desc.help.clone());
-        match (desc.unit, desc.labels.is_empty()) {
-            (Unit::Count, true) => {
-                let c = Counter::<u64>::default();
-                for (_, n) in same {
-                    c.inc_by(*n);
-                }
-                reg.register(name, help, c);
-            }
-            (Unit::Seconds, true) => {
-                let c = Floats::default();
-                for (_, us) in same {
-                    c.inc_by(*us as f64 / 1e6);
-                }
-                reg.register(name, help, c);
-            }
-            (Unit::Count, false) => {
-                let f = Family::<AppLabels, Counter<u64>>::default();
-                for (d, n) in same {
-                    f.get_or_create(&d.labels).inc_by(*n);
-                }
-                reg.register(name, help, f);
-            }
-            (Unit::Seconds, false) => {
-                let f = Family::<AppLabels, Floats>::default();
-                for (d, us) in same {
-                    f.get_or_create(&d.labels).inc_by(*us as f64 / 1e6);
-                }
-                reg.register(name, help, f);
+        let same: Vec<&(crate::counter::Desc, u64)> =
+            totals.iter().filter(|(d, _)| d.name == desc.name).collect();
+        match desc.unit {
+            Unit::Count => register_app::<Counter<u64>>(reg, &same, |c, n| {
+                c.inc_by(n);
+            }),
+            Unit::Seconds => {
+                register_app::<Counter<f64, std::sync::atomic::AtomicU64>>(reg, &same, |c, us| {
+                    c.inc_by(us as f64 / 1e6);
+                })
             }
         }
+    }
+}
+
+/// Registers the counters of one name (`same`, at least one): a plain metric without labels,
+/// else a family; `add` puts a total into a metric.
+fn register_app<M>(reg: &mut Registry, same: &[&(crate::counter::Desc, u64)], add: fn(&M, u64))
+where
+    M: prometheus_client::registry::Metric
+        + prometheus_client::metrics::TypedMetric
+        + Default
+        + Clone,
+{
+    let desc = &same[0].0;
+    let (name, help) = (desc.name.clone(), desc.help.clone());
+    if desc.labels.is_empty() {
+        let m = M::default();
+        same.iter().for_each(|(_, n)| add(&m, *n));
+        reg.register(name, help, m);
+    } else {
+        let family = Family::<Vec<(String, String)>, M>::default();
+        same.iter()
+            .for_each(|(d, n)| add(&family.get_or_create(&d.labels), *n));
+        reg.register(name, help, family);
     }
 }
 

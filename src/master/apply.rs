@@ -185,13 +185,12 @@ impl<A: WorkerApp> Master<A> {
             .keys()
             .next_back()
             .expect("the app the master started with is kept");
-        let running = self.cluster.generation.min(newest);
-        let keep_from = self
+        let running = self
             .apps
-            .range(..=running)
+            .range(..=self.cluster.generation)
             .next_back()
-            .map_or(0, |(g, _)| *g);
-        self.apps = self.apps.split_off(&keep_from);
+            .map_or(newest, |(g, _)| *g);
+        self.apps.retain(|g, _| *g == running || *g == newest);
         newest
     }
 
