@@ -16,12 +16,18 @@
 //! 1/`RENEW_GRANULARITY` of the TTL since the session was read, so most signed-in requests are
 //! one read. The demo app checks the absolute lifetime from login on top of that.
 
+#[cfg(any(feature = "redis", feature = "sqlite"))]
+mod cache;
 pub mod files;
 pub mod key;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "sqlite")]
+mod versions;
+#[cfg(any(feature = "redis", feature = "sqlite"))]
+pub use cache::{CacheCounters, TRUST_FOR, VOUCH_EVERY};
 #[cfg(any(feature = "redis", feature = "sqlite"))]
 mod store;
 #[cfg(any(feature = "redis", feature = "sqlite"))]

@@ -21,14 +21,21 @@
 //! included); a power cut can lose the last moments of session writes, which costs those users a
 //! new login. Expired rows are purged by every worker once a minute. A session's expiry is
 //! renewed on use to within 1/30 of the TTL (see [`super::RENEW_GRANULARITY`]).
+//!
+//! With [`SqliteStore::with_cache`], reads are cached in the handle: each write of a session
+//! bumps its version in a file every worker of the host maps (`sessions.versions` beside the
+//! database), and an entry is served only while its version is unchanged and it has not
+//! expired.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::cache::{Cache, CacheCounters};
+use super::versions::Versions;
 use super::{Counter, Reservation, StoreError};
 
 /// File name inside the data dir.
@@ -51,6 +58,10 @@ pub struct SqliteStore {
     counters: Db,
     path: Arc<PathBuf>,
     pub(crate) renewals: super::Renewals,
+    /// The host's shared versions of the sessions.
+    versions: &'static Versions,
+    /// The read cache, with [`SqliteStore::with_cache`].
+    cache: Option<Arc<Cache>>,
 }
 
 /// A query to run on a connection's thread.
@@ -203,7 +214,17 @@ impl SqliteStore {
             counters: Db::spawn(connect(true)?, "sqlite-counters")?,
             path: Arc::new(path),
             renewals: super::Renewals::default(),
+            versions: Versions::open(data_dir)?,
+            cache: None,
         })
+    }
+
+    /// Caches up to `capacity` sessions in this handle (and its clones), each served only
+    /// while no process of the host changed it (see the module's documentation); `counters`
+    /// counts hits, misses and invalidations. `capacity` 0 leaves reads uncached.
+    pub fn with_cache(mut self, capacity: usize, counters: Option<CacheCounters>) -> Self {
+        self.cache = (capacity > 0).then(|| Arc::new(Cache::new(capacity, false, counters)));
+        self
     }
 
     /// The database file.
@@ -291,6 +312,24 @@ impl SqliteStore {
     /// The state of a live session and how long it has left. A read only: WAL lets it run
     /// beside the one writer.
     pub async fn get(&self, id: &str) -> Result<Option<(String, Option<Duration>)>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return self.select(id).await;
+        };
+        let asked = Instant::now();
+        let versions = self.versions;
+        if let Some(hit) = cache.get(id, asked, |stamp| versions.of(id) == stamp) {
+            return Ok(Some(hit));
+        }
+        // The version before the read: a change committed after it makes the entry stale.
+        let (ticket, stamp) = (cache.ticket(), versions.of(id));
+        let found = self.select(id).await?;
+        if let Some((state, Some(left))) = &found {
+            cache.put(ticket, id, state, Some(asked + *left), stamp);
+        }
+        Ok(found)
+    }
+
+    async fn select(&self, id: &str) -> Result<Option<(String, Option<Duration>)>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
             let now = now_ms();
@@ -309,13 +348,15 @@ impl SqliteStore {
     /// this write stays a logout. On the write connection, so reads do not wait for it.
     pub async fn touch(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
         let id = id.to_string();
+        let versions = self.versions;
         self.with_writes(move |c| {
             let now = now_ms();
             c.prepare_cached(
                 "UPDATE sessions SET expires_at_ms = ?2 WHERE id = ?1 AND expires_at_ms > ?3",
             )?
-            .execute(params![id, now + ttl.as_millis() as i64, now])
-            .map(drop)
+            .execute(params![id, now + ttl.as_millis() as i64, now])?;
+            versions.bump(&id);
+            Ok(())
         })
         .await
     }
@@ -339,12 +380,14 @@ impl SqliteStore {
     /// Replaces a live session's state; false if it is gone.
     pub async fn replace(&self, id: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
         let (id, value) = (id.to_string(), value.to_string());
+        let versions = self.versions;
         self.with_writes(move |c| {
             let now = now_ms();
             let n = c.execute(
                 "UPDATE sessions SET state = ?2, expires_at_ms = ?3 WHERE id = ?1 AND expires_at_ms > ?4",
                 params![id, value, now + ttl.as_millis() as i64, now],
             )?;
+            versions.bump(&id);
             Ok(n == 1)
         })
         .await
@@ -353,9 +396,11 @@ impl SqliteStore {
     /// Deletes a session.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         let id = id.to_string();
+        let versions = self.versions;
         self.with_writes(move |c| {
-            c.execute("DELETE FROM sessions WHERE id = ?1", [id])
-                .map(drop)
+            c.execute("DELETE FROM sessions WHERE id = ?1", [&id])?;
+            versions.bump(&id);
+            Ok(())
         })
         .await
     }

@@ -6,15 +6,24 @@
 //! more than one connect attempt: those that waited for an attempt that failed share its answer.
 //! So a Redis outage costs each request well under a second, and the first request after Redis
 //! returns reconnects.
+//!
+//! With [`RedisStore::with_cache`], reads are cached in the handle and the connection speaks
+//! RESP3 with `CLIENT TRACKING on`: Redis pushes an invalidation on the same connection when a
+//! key it read changes, expires or is deleted, and a PING every [`VOUCH_EVERY`] confirms the
+//! channel (see `session::cache`). A Redis without RESP3 or that refuses `CLIENT TRACKING` gets
+//! uncached reads and one warning; so does a Redis Cluster, whose pushes reach the client
+//! through a channel not ordered with the replies.
 mod target;
 
-use self::target::{Sentinel, Target, cluster_client};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use self::target::{Sentinel, Target, cluster_client, resp3};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisError};
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, PushInfo, RedisError};
 
+use super::cache::{Cache, CacheCounters, VOUCH_EVERY};
 use super::{Counter, Reservation, StoreError};
 
 /// How long the TCP connect may take.
@@ -42,6 +51,10 @@ struct Inner {
     conn: Mutex<Conn>,
     /// Serialises connect attempts, so a burst of requests during an outage makes one attempt.
     connecting: tokio::sync::Mutex<()>,
+    /// The read cache, once [`RedisStore::with_cache`] made one.
+    cache: OnceLock<Arc<Cache>>,
+    /// The server refused RESP3 or `CLIENT TRACKING` (warned once): reads are not cached.
+    untracked: AtomicBool,
 }
 
 /// A live connection: one node's, or the cluster's (which routes each key to its node).
@@ -56,6 +69,109 @@ impl Connection {
         match self {
             Connection::Single(c) => cmd.query_async(c).await,
             Connection::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn query_pipe<T: FromRedisValue>(&mut self, pipe: &Pipeline) -> Result<T, RedisError> {
+        match self {
+            Connection::Single(c) => pipe.query_async(c).await,
+            Connection::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+}
+
+/// Applies Redis's pushes to the cache: an invalidation drops its keys (all of them on a
+/// `FLUSHALL`), a lost connection drops everything. Runs on the connection's reader, ahead of
+/// the replies that follow the push.
+fn invalidations(cache: Weak<Cache>) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync {
+    move |push: PushInfo| {
+        let cache = cache.upgrade().ok_or(())?;
+        match push.kind {
+            redis::PushKind::Invalidate => match push.data.first() {
+                Some(redis::Value::Array(keys)) => {
+                    for key in keys {
+                        if let redis::Value::BulkString(k) = key {
+                            cache.invalidate(&String::from_utf8_lossy(k));
+                        }
+                    }
+                }
+                _ => cache.clear(),
+            },
+            redis::PushKind::Disconnection => cache.clear(),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Why a connect attempt failed.
+pub(super) enum Refused {
+    /// Unreachable, timed out, refused: the next request tries again.
+    Failed(String),
+    /// The server does not speak RESP3 (it has no `HELLO`).
+    NoResp3(String),
+}
+
+impl From<RedisError> for Refused {
+    fn from(e: RedisError) -> Self {
+        if e.kind() == redis::ErrorKind::RESP3NotSupported {
+            Refused::NoResp3(e.to_string())
+        } else {
+            Refused::Failed(e.to_string())
+        }
+    }
+}
+
+impl Inner {
+    /// Forgets the live connection, so the next request reconnects, and what the cache read
+    /// through it. Whether there was one.
+    fn drop_connection(&self) -> bool {
+        let dropped = self
+            .conn
+            .lock()
+            .expect("redis connection lock poisoned")
+            .live
+            .take()
+            .is_some();
+        if let Some(cache) = self.cache.get() {
+            cache.clear();
+        }
+        dropped
+    }
+}
+
+/// Confirms the invalidation channel every [`VOUCH_EVERY`] with a PING on the live connection
+/// (it does not connect: requests do), for as long as the store lives. A PING that fails drops
+/// the connection, as a failed request does.
+async fn vouch(store: Weak<Inner>) {
+    let mut tick = tokio::time::interval(VOUCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = store.upgrade() else { return };
+        let Some(cache) = inner.cache.get().cloned() else {
+            return;
+        };
+        // The epoch first: a connection replaced after it is not vouched for by this PING.
+        let epoch = cache.epoch();
+        let live = inner
+            .conn
+            .lock()
+            .expect("redis connection lock poisoned")
+            .live
+            .clone();
+        let Some(mut conn) = live else { continue };
+        drop(inner);
+        let sent = Instant::now();
+        match conn.query::<String>(&redis::cmd("PING")).await {
+            Ok(_) => cache.vouch(epoch, sent),
+            Err(e) => {
+                if let Some(inner) = store.upgrade()
+                    && inner.drop_connection()
+                {
+                    tracing::warn!(error = %e, "redis connection lost; reconnecting on the next request");
+                }
+            }
         }
     }
 }
@@ -92,6 +208,8 @@ impl RedisStore {
                 wait_replicas,
                 conn: Mutex::new(Conn::default()),
                 connecting: tokio::sync::Mutex::new(()),
+                cache: OnceLock::new(),
+                untracked: AtomicBool::new(false),
             }),
             renewals: crate::session::Renewals::default(),
         };
@@ -99,6 +217,35 @@ impl RedisStore {
             runtime.spawn(store.clone().watch_switch_master());
         }
         Ok(store)
+    }
+
+    /// Caches up to `capacity` sessions in this handle (and its clones), invalidated by Redis
+    /// (see the module's documentation); `counters` counts hits, misses and invalidations.
+    /// Call it once, right after [`RedisStore::new`], inside the tokio runtime that will use the
+    /// store (it starts the channel's PING there). `capacity` 0 leaves reads uncached.
+    pub fn with_cache(self, capacity: usize, counters: Option<CacheCounters>) -> Self {
+        if capacity == 0 {
+            return self;
+        }
+        if matches!(self.inner.target, Target::Cluster(_)) {
+            tracing::info!("redis cluster: session reads are not cached");
+            return self;
+        }
+        let cache = Arc::new(Cache::new(capacity, true, counters));
+        if self.inner.cache.set(cache).is_ok()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(vouch(Arc::downgrade(&self.inner)));
+        }
+        self
+    }
+
+    /// The cache, while reads may use it.
+    fn cache(&self) -> Option<&Arc<Cache>> {
+        self.inner
+            .cache
+            .get()
+            .filter(|_| !self.inner.untracked.load(Ordering::Relaxed))
     }
 
     /// Sentinel only: listens on the sentinels' `+switch-master` channel and drops the
@@ -128,11 +275,10 @@ impl RedisStore {
                     let Some(inner) = weak.upgrade() else { return };
                     let text: String = msg.get_payload().unwrap_or_default();
                     // "<name> <old-ip> <old-port> <new-ip> <new-port>"
-                    if text.split_whitespace().next() == Some(service.as_str()) {
-                        let mut c = inner.conn.lock().expect("redis connection lock poisoned");
-                        if c.live.take().is_some() {
-                            tracing::info!(switch = %text, "sentinel: the primary changed; reconnecting to the new one");
-                        }
+                    if text.split_whitespace().next() == Some(service.as_str())
+                        && inner.drop_connection()
+                    {
+                        tracing::info!(switch = %text, "sentinel: the primary changed; reconnecting to the new one");
                     }
                 }
             }
@@ -183,44 +329,119 @@ impl RedisStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let attempt = match &self.inner.target {
-            // The outer timeout also covers the handshake (AUTH, SELECT, TLS).
-            Target::Direct(client) => tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                client.get_multiplexed_async_connection_with_config(&config),
-            )
-            .await
-            .map(|r| r.map(Connection::Single).map_err(|e| e.to_string())),
-            // Each step of the lookup has its own timeout; a failover in progress answers fast.
-            Target::Sentinel(s) => Ok(s.primary(&config).await.map(Connection::Single)),
-            Target::Cluster(client) => {
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, client.get_async_connection())
-                    .await
-                    .map(|r| r.map(Connection::Cluster).map_err(|e| e.to_string()))
+        let mut cache = self.cache().cloned();
+        let mut attempt = self.connect(&config, cache.as_ref()).await;
+        if cache.is_some() && matches!(attempt, Err(Refused::NoResp3(_))) {
+            self.untrack("the server does not speak RESP3");
+            cache = None;
+            attempt = self.connect(&config, None).await;
+        }
+        // Tracking starts with the connection; the cache vouches from the moment it was asked.
+        let mut tracked_since = None;
+        if let (Some(_), Ok(Connection::Single(conn))) = (&cache, &mut attempt) {
+            let sent = Instant::now();
+            match redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .query_async::<()>(conn)
+                .await
+            {
+                Ok(()) => tracked_since = Some(sent),
+                Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                    attempt = Err(Refused::Failed(e.to_string()));
+                }
+                Err(e) => self.untrack(&format!("CLIENT TRACKING was refused: {e}")),
             }
-        };
+        }
         let mut c = self
             .inner
             .conn
             .lock()
             .expect("redis connection lock poisoned");
         let error = match attempt {
-            Ok(Ok(conn)) => {
+            Ok(conn) => {
                 if c.failures > 0 {
                     tracing::info!("redis reachable again");
                 }
                 c.failures = 0;
                 c.live = Some(conn.clone());
+                // The reads of the connection before are no longer tracked.
+                if let Some(cache) = self.inner.cache.get() {
+                    cache.clear();
+                    if let Some(sent) = tracked_since {
+                        cache.vouch(cache.epoch(), sent);
+                    }
+                }
                 return Ok(conn);
             }
-            Ok(Err(e)) => e,
-            Err(_) => "connect timed out".to_string(),
+            Err(Refused::Failed(e) | Refused::NoResp3(e)) => e,
         };
         if c.failures == 0 {
             tracing::warn!(error = %error, "redis unreachable; session requests answer 503 until it returns");
         }
         c.failures += 1;
         Err(StoreError::Unavailable(error))
+    }
+
+    /// One connect attempt, bounded; with `cache`, over RESP3 with Redis's pushes applied to it.
+    async fn connect(
+        &self,
+        config: &AsyncConnectionConfig,
+        cache: Option<&Arc<Cache>>,
+    ) -> Result<Connection, Refused> {
+        let data = match cache {
+            Some(cache) => config
+                .clone()
+                .set_push_sender(invalidations(Arc::downgrade(cache))),
+            None => config.clone(),
+        };
+        let timed_out = |_| Refused::Failed("connect timed out".into());
+        match &self.inner.target {
+            // The outer timeout also covers the handshake (AUTH, SELECT, TLS).
+            Target::Direct(client) => {
+                let owned;
+                let client = match cache {
+                    Some(_) => {
+                        owned = resp3(client).map_err(Refused::from)?;
+                        &owned
+                    }
+                    None => client,
+                };
+                tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    client.get_multiplexed_async_connection_with_config(&data),
+                )
+                .await
+                .map_err(timed_out)?
+                .map(Connection::Single)
+                .map_err(Refused::from)
+            }
+            // Each step of the lookup has its own timeout; a failover in progress answers fast.
+            Target::Sentinel(s) => s
+                .primary(config, &data, cache.is_some())
+                .await
+                .map(Connection::Single),
+            Target::Cluster(client) => {
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(timed_out)?
+                    .map(Connection::Cluster)
+                    .map_err(Refused::from)
+            }
+        }
+    }
+
+    /// Reads stay uncached from now on, with one warning.
+    fn untrack(&self, why: &str) {
+        if !self.inner.untracked.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = why,
+                "redis: session reads are not cached (RESP3 and CLIENT TRACKING are needed)"
+            );
+        }
+        if let Some(cache) = self.inner.cache.get() {
+            cache.clear();
+        }
     }
 
     /// Runs one command (or a pipeline packed into `cmd`); on an I/O-level failure forgets the
@@ -242,12 +463,7 @@ impl RedisStore {
             || e.is_unrecoverable_error()
             || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
         {
-            let mut c = self
-                .inner
-                .conn
-                .lock()
-                .expect("redis connection lock poisoned");
-            if c.live.take().is_some() {
+            if self.inner.drop_connection() {
                 tracing::warn!(error = %e, "redis connection lost; reconnecting on the next request");
             }
             StoreError::Unavailable(e.to_string())
@@ -271,16 +487,56 @@ impl RedisStore {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
-    /// GET: a session's state. A read only (the renewal is `touch`, when it is due); the time
-    /// left is not asked for, which would double the commands of every signed-in request.
+    /// GET: a session's state. A read only (the renewal is `touch`, when it is due). Uncached,
+    /// the time left is not asked for, which would double the commands of every signed-in
+    /// request; cached, a miss asks for it too (PTTL, in the same round trip), so that an entry
+    /// is never served past the session's expiry.
     pub async fn get(&self, id: &str) -> Result<Option<(String, Option<Duration>)>, StoreError> {
-        let state: Option<String> = self.query(redis::cmd("GET").arg(self.key(id))).await?;
-        Ok(state.map(|s| (s, None)))
+        let key = self.key(id);
+        let Some(cache) = self.cache() else {
+            let state: Option<String> = self.query(redis::cmd("GET").arg(key)).await?;
+            return Ok(state.map(|s| (s, None)));
+        };
+        let asked = Instant::now();
+        if let Some(hit) = cache.get(&key, asked, |_| true) {
+            return Ok(Some(hit));
+        }
+        let ticket = cache.ticket();
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let mut conn = self.connection().await?;
+        let (state, left_ms): (Option<String>, i64) =
+            conn.query_pipe(&pipe).await.map_err(|e| self.failed(e))?;
+        let Some(state) = state else { return Ok(None) };
+        let expires = u64::try_from(left_ms)
+            .ok()
+            .map(|ms| asked + Duration::from_millis(ms));
+        cache.put(ticket, &key, &state, expires, 0);
+        Ok(Some((
+            state,
+            expires.map(|at| at.saturating_duration_since(asked)),
+        )))
+    }
+
+    /// Runs a write of `id`'s record, dropping it from the cache before and after: a read
+    /// that overlaps the write is not kept, and the next read asks Redis (whose invalidation
+    /// of the key is on its way to the other handles).
+    async fn write<T: FromRedisValue>(&self, id: &str, cmd: &Cmd) -> Result<T, StoreError> {
+        let key = self.key(id);
+        if let Some(cache) = self.inner.cache.get() {
+            cache.invalidate(&key);
+        }
+        let result = self.query(cmd).await;
+        if let Some(cache) = self.inner.cache.get() {
+            cache.invalidate(&key);
+        }
+        result
     }
 
     /// PEXPIRE: the session lives `ttl` from now (if it still exists).
     pub async fn touch(&self, id: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.query::<i64>(
+        self.write::<i64>(
+            id,
             redis::cmd("PEXPIRE")
                 .arg(self.key(id))
                 .arg(ttl.as_millis() as u64),
@@ -314,7 +570,8 @@ impl RedisStore {
     /// SET XX EX: false when the record is gone (expired or deleted).
     pub async fn replace(&self, id: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
         let reply: Option<String> = self
-            .query(
+            .write(
+                id,
                 redis::cmd("SET")
                     .arg(self.key(id))
                     .arg(value)
@@ -330,7 +587,7 @@ impl RedisStore {
     /// reach that many replicas, or it is an error (503) and the client tries again, rather
     /// than answer for a logout that a failover could undo.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
-        self.query::<i64>(redis::cmd("DEL").arg(self.key(id)))
+        self.write::<i64>(id, redis::cmd("DEL").arg(self.key(id)))
             .await?;
         self.wait("a logout").await
     }

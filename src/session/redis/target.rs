@@ -16,6 +16,16 @@ pub(super) enum Target {
     Cluster(Box<redis::cluster::ClusterClient>),
 }
 
+/// The same server as `client`, over RESP3 (for `CLIENT TRACKING` pushes).
+pub(super) fn resp3(client: &Client) -> Result<Client, RedisError> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    Client::open(info.set_redis_settings(settings))
+}
+
 /// `redis+cluster://[user:pass@]host:port[,host:port...]` (or `rediss+cluster://`): the seed
 /// nodes as `redis://` URLs with the credentials.
 pub(super) fn cluster_client(url: &str) -> Result<redis::cluster::ClusterClient, RedisError> {
@@ -132,10 +142,13 @@ impl Sentinel {
     /// sentinels that answer agree (one sentinel that lies, or was compromised, must not get the
     /// data node's password or serve forged sessions). Then checks with ROLE that the node is a
     /// primary (a demoted one answers "slave"), so clusterd never writes to a replica.
+    /// `config` is for the sentinels, `data` for the data node, over RESP3 if `resp3`.
     pub(super) async fn primary(
         &self,
         config: &AsyncConnectionConfig,
-    ) -> Result<MultiplexedConnection, String> {
+        data: &AsyncConnectionConfig,
+        resp3: bool,
+    ) -> Result<MultiplexedConnection, Refused> {
         let asked = self.sentinels.iter().map(|sentinel| {
             tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                 let mut c = sentinel
@@ -154,17 +167,20 @@ impl Sentinel {
             .filter_map(|a| a.ok().and_then(Result::ok))
             .collect();
         let (host, port) = agreed(&answers, self.sentinels.len())
-            .map_err(|why| format!("sentinels for {:?}: {why}", self.service))?;
+            .map_err(|why| Refused::Failed(format!("sentinels for {:?}: {why}", self.service)))?;
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
             host
         };
         let url = format!("{}{}{host}:{port}/{}", self.scheme, self.auth, self.db);
-        let client = Client::open(url).map_err(|e| e.to_string())?;
+        let mut client = Client::open(url)?;
+        if resp3 {
+            client = super::target::resp3(&client)?;
+        }
         let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             let mut c = client
-                .get_multiplexed_async_connection_with_config(config)
+                .get_multiplexed_async_connection_with_config(data)
                 .await?;
             let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await?;
             Ok::<_, RedisError>((c, role))
@@ -177,11 +193,18 @@ impl Sentinel {
                 if is_primary {
                     Ok(c)
                 } else {
-                    Err(format!("{host}:{port} is not the primary (yet)"))
+                    Err(Refused::Failed(format!(
+                        "{host}:{port} is not the primary (yet)"
+                    )))
                 }
             }
-            Ok(Err(e)) => Err(format!("primary {host}:{port}: {e}")),
-            Err(_) => Err(format!("primary {host}:{port}: connect timed out")),
+            Ok(Err(e)) => Err(match Refused::from(e) {
+                Refused::NoResp3(e) => Refused::NoResp3(e),
+                Refused::Failed(e) => Refused::Failed(format!("primary {host}:{port}: {e}")),
+            }),
+            Err(_) => Err(Refused::Failed(format!(
+                "primary {host}:{port}: connect timed out"
+            ))),
         }
     }
 }
