@@ -10,7 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::session::Reservation;
+use crate::session::{RENEW_GRANULARITY, Reservation};
 use error::AppError;
 
 use super::*;
@@ -256,6 +256,7 @@ async fn login_checked(
         .insert("user", &creds.username)
         .and_then(|()| session.insert("login_at", unix_now()))
         .map_err(|e| AppError::BadRequest(e.to_string()))?;
+    keep_alive(&session, &state);
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "user": creds.username,
         "worker_pid": state.worker.pid,
@@ -276,11 +277,25 @@ pub(super) async fn me(
         session.purge();
         return Err(AppError::Unauthorized("session expired; log in again"));
     }
+    keep_alive(&session, &state);
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "user": user,
         "worker_pid": state.worker.pid,
         "worker_id": state.worker.id,
     })))
+}
+
+/// Renews a signed-in session's idle timeout once per 1/[`RENEW_GRANULARITY`] of it, by a
+/// state change: actix-session (`OnStateChanges`) then writes the session with a fresh TTL and
+/// sends the cookie again with a fresh `Max-Age`. Between renewals a signed-in request writes
+/// nothing and sets no cookie, which is what lets the session cache answer it alone. A session
+/// then expires between 29/30 of the idle timeout and all of it after its last use.
+pub(super) fn keep_alive(session: &Session, state: &DemoState) {
+    let every = (state.session.idle_timeout.as_secs() / u64::from(RENEW_GRANULARITY)).max(1);
+    let period = unix_now() / every;
+    if session.get::<u64>("renewed").ok().flatten() != Some(period) {
+        let _ = session.insert("renewed", period);
+    }
 }
 
 pub(super) async fn logout(

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::counter::{self, Counter, Unit};
+use crate::session::CacheCounters;
 
 /// Login outcomes counted, in index order.
 pub const LOGIN_OUTCOMES: [&str; 4] = ["ok", "failed", "throttled", "shed"];
@@ -18,6 +19,7 @@ struct Counters {
     store_ops: [Counter; STORE_OPS.len()],
     store_errors: Counter,
     store_time: Counter,
+    cache: CacheCounters,
 }
 
 static COUNTERS: OnceLock<Counters> = OnceLock::new();
@@ -51,7 +53,26 @@ pub fn register() {
             &[],
             Unit::Seconds,
         ),
+        cache: CacheCounters {
+            hits: counter::counter(
+                "clusterd_session_cache_hits_total",
+                "Session reads answered from the worker's cache",
+            ),
+            misses: counter::counter(
+                "clusterd_session_cache_misses_total",
+                "Session reads that went to the store (not cached, changed, expired, or the invalidation channel not confirmed)",
+            ),
+            invalidations: counter::counter(
+                "clusterd_session_cache_invalidations_total",
+                "Cached sessions dropped because the store changed them or the invalidation channel was lost",
+            ),
+        },
     });
+}
+
+/// The session cache's counters, once registered.
+pub fn cache() -> Option<CacheCounters> {
+    COUNTERS.get().map(|c| c.cache.clone())
 }
 
 /// Counts a login outcome (an index into [`LOGIN_OUTCOMES`]).

@@ -98,18 +98,31 @@ struct ThreadStore {
 }
 
 impl DemoState {
-    fn open_store(&self) -> Result<Store, BootError> {
+    /// A store handle; `cache`: with this thread's share of the worker's session cache.
+    fn open_store(&self, cache: bool) -> Result<Store, BootError> {
         let s = &self.session;
+        let size = match cache {
+            true => s.cache_size.div_ceil(self.worker.threads.max(1)),
+            false => 0,
+        };
         Ok(match &s.redis_url {
-            Some(url) => Store::Redis(RedisStore::new(url, &s.prefix, s.wait_replicas).map_err(
-                |e| BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url))),
-            )?),
-            None => Store::Sqlite(SqliteStore::open(&s.data_dir).map_err(|e| {
-                BootError::Config(format!(
-                    "opening the embedded store in {}: {e}",
-                    s.data_dir.display()
-                ))
-            })?),
+            Some(url) => Store::Redis(
+                RedisStore::new(url, &s.prefix, s.wait_replicas)
+                    .map_err(|e| {
+                        BootError::Config(format!("redis url {}: {e}", RedisStore::describe(url)))
+                    })?
+                    .with_cache(size, metrics::cache()),
+            ),
+            None => Store::Sqlite(
+                SqliteStore::open(&s.data_dir)
+                    .map_err(|e| {
+                        BootError::Config(format!(
+                            "opening the embedded store in {}: {e}",
+                            s.data_dir.display()
+                        ))
+                    })?
+                    .with_cache(size, metrics::cache()),
+            ),
         })
     }
 }
@@ -128,7 +141,7 @@ impl WorkerApp for DemoApp {
                 .map_err(|e| BootError::Transient(format!("starting hashing threads: {e}")))?,
         };
         // Checks the configuration once per worker; this handle then only purges expired rows.
-        let store = state.open_store()?;
+        let store = state.open_store(false)?;
         // A worker starts even when Redis is down (degraded); requests that need a session get
         // 503 until it answers.
         state
@@ -178,7 +191,7 @@ impl WorkerApp for DemoApp {
         // settings a moment ago, so a failure here is an environment change: the thread's
         // start fails and the worker exits with a boot error (the master backs off).
         let store = state
-            .open_store()
+            .open_store(true)
             .unwrap_or_else(|e| panic!("opening the session store for a server thread: {e}"));
         let thread = ThreadStore { store };
         spawn_probe(
@@ -249,11 +262,13 @@ where
     B: MessageBody + 'static,
 {
     let s = &state.session;
+    // Renewed by `login::keep_alive`'s state change, not on every request: a read then writes
+    // nothing and sets no cookie.
     let lifecycle = PersistentSession::default()
         .session_ttl(actix_web::cookie::time::Duration::seconds(
             s.idle_timeout.as_secs() as i64,
         ))
-        .session_ttl_extension_policy(TtlExtensionPolicy::OnEveryRequest);
+        .session_ttl_extension_policy(TtlExtensionPolicy::OnStateChanges);
     let middleware = SessionMiddleware::builder(thread.store.clone(), state.key.clone())
         .cookie_name(s.cookie_name.clone())
         .cookie_secure(s.cookie_secure)

@@ -115,6 +115,7 @@ pub async fn index(
         (Some(user), Some(at))
             if unix_now().saturating_sub(at) < state.session.max_lifetime.as_secs() =>
         {
+            super::login::keep_alive(&session, &state);
             format!(
                 "<h1>Signed in as <span id=\"user\">{}</span></h1>\
                  <dl><dt>served by</dt><dd>worker {} in slot {}, pid <span id=\"pid\">{}</span></dd>\

@@ -60,6 +60,14 @@ pub struct DemoOptions {
         default_value_t = 0
     )]
     pub redis_wait_replicas: u32,
+    /// Sessions each worker keeps in memory (least recently used out first), invalidated by the store; 0 turns the cache off
+    #[arg(
+        long,
+        env = "CLUSTERD_SESSION_CACHE_SIZE",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    pub session_cache_size: usize,
 }
 
 fn cookie_name(s: &str) -> Result<String, String> {
@@ -102,6 +110,8 @@ pub struct SessionConfig {
     pub users_file: Option<PathBuf>,
     /// Replicas a new session must reach before a login answers (Redis `WAIT`); 0: none.
     pub wait_replicas: u32,
+    /// Sessions each worker caches (split among its threads); 0: none.
+    pub cache_size: usize,
 }
 
 impl SessionConfig {
@@ -156,6 +166,7 @@ impl SessionConfig {
             max_lifetime: Duration::from_secs(o.session_max_lifetime),
             users_file: o.users,
             wait_replicas: o.redis_wait_replicas,
+            cache_size: o.session_cache_size,
         })
     }
 }

@@ -38,6 +38,7 @@ async fn state(dir: &TempDir) -> DemoState {
         slot: 0,
         pid: 4711,
         link: MasterLink::detached(),
+        threads: 1,
     };
     app.init(&info).await.unwrap()
 }

@@ -203,7 +203,9 @@ impl<A: WorkerApp> Master<A> {
             let reply = match asked {
                 Ok(Command::Status) => {
                     let seen = observe::observe(&self.cluster.table, self.board.board(), now);
-                    report::document(&self.cluster, &seen, std::process::id() as i32, now)
+                    let counters = crate::counter::totals(self.counters.board());
+                    let pid = std::process::id() as i32;
+                    report::document(&self.cluster, &seen, &counters, pid, now)
                 }
                 Ok(Command::Reload) => {
                     tracing::info!("reload asked on the control socket");

@@ -4,9 +4,33 @@
 use super::clock::Ms;
 use super::cluster::Cluster;
 use super::event::Seen;
+use crate::counter::Desc;
 
-/// `clusterd status --json`: the cluster, and each worker with what the edge just observed.
-pub fn document(c: &Cluster, seen: &[Seen], pid: i32, now: Ms) -> serde_json::Value {
+/// `clusterd status --json`: the cluster, each worker with what the edge just observed, and
+/// the app's counters summed over the workers (`name{label="value"}`: total).
+pub fn document(
+    c: &Cluster,
+    seen: &[Seen],
+    counters: &[(Desc, u64)],
+    pid: i32,
+    now: Ms,
+) -> serde_json::Value {
+    let counters: serde_json::Map<String, serde_json::Value> = counters
+        .iter()
+        .map(|(d, n)| {
+            let labels: Vec<String> = d
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            // As `/metrics` names them: counters end in _total.
+            let name = match labels.is_empty() {
+                true => format!("{}_total", d.name),
+                false => format!("{}_total{{{}}}", d.name, labels.join(",")),
+            };
+            (name, serde_json::json!(n))
+        })
+        .collect();
     let workers: Vec<serde_json::Value> = c
         .table
         .workers
@@ -49,5 +73,6 @@ pub fn document(c: &Cluster, seen: &[Seen], pid: i32, now: Ms) -> serde_json::Va
             "down": health.iter().filter(|h| !**h).count(),
         },
         "workers": workers,
+        "counters": counters,
     })
 }

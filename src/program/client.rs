@@ -160,5 +160,11 @@ fn table(doc: &serde_json::Value) -> String {
             text(&w["store"]),
         );
     }
+    if let Some(counters) = doc["counters"].as_object().filter(|c| !c.is_empty()) {
+        out += "counters (all workers):\n";
+        for (name, n) in counters {
+            out += &format!("  {name} {}\n", text(n));
+        }
+    }
     out
 }

@@ -47,6 +47,8 @@ pub struct WorkerInfo {
     pub pid: u32,
     /// The line to the master, for health reports.
     pub link: MasterLink,
+    /// Request-handling threads in this worker (`--threads`).
+    pub threads: usize,
 }
 
 /// Why an app could not start in a worker. The variant picks the exit code, and so what the
@@ -196,6 +198,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         slot: spec.slot,
         pid,
         link: MasterLink::new(spec.ready),
+        threads: spec.threads,
     };
     // SAFETY: fork copied the master's descriptor of the slot's socket into this process, and
     // nothing here owns it: the master's own objects, copied with it, are never dropped in the

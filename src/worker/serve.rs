@@ -314,6 +314,7 @@ mod tests {
                 slot: 0,
                 pid: std::process::id(),
                 link: MasterLink::detached(),
+                threads: 1,
             };
             let stop = async { rx.await.unwrap_or(Stop::Fast) };
             actix_web::rt::System::new().block_on(serve(

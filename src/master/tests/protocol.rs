@@ -98,7 +98,17 @@ fn the_status_document_names_each_workers_state() {
     c.table.get_mut(1).unwrap().phase = WorkerPhase::Booting {
         deadline: Ms(9_000),
     };
-    let doc = report::document(&c, &[], 4242, Ms(3_000));
+    let counters = [(
+        crate::counter::Desc {
+            name: "app_cache_hits".into(),
+            help: String::new(),
+            labels: vec![("store".into(), "redis".into())],
+            unit: crate::counter::Unit::Count,
+        },
+        12,
+    )];
+    let doc = report::document(&c, &[], &counters, 4242, Ms(3_000));
+    assert_eq!(doc["counters"]["app_cache_hits_total{store=\"redis\"}"], 12);
     let states: Vec<&str> = doc["workers"]
         .as_array()
         .unwrap()
