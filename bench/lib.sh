@@ -94,13 +94,14 @@ wrk_summary() {
     echo "${rps:-?} ${p50:-?} ${p99:-?} ${errors:-0} ${non2xx:-0}"
 }
 
-# run_wrk KEY URL [COOKIES]: one wrk run at the configured load, kept as $WORK/KEY.<n>.wrk.
-# With COOKIES (a file of "name=value" lines) every request is an authenticated GET /me.
+# run_wrk KEY URL [COOKIES [PATH]]: one wrk run at the configured load, kept as
+# $WORK/KEY.<n>.wrk. With COOKIES (a file of "name=value" lines) every request is an
+# authenticated GET of PATH (/me by default).
 run_wrk() {
-    local key=$1 url=$2 cookies=${3:-} n=1
+    local key=$1 url=$2 cookies=${3:-} path=${4:-/me} n=1
     while [ -e "$WORK/$key.$n.wrk" ]; do n=$((n + 1)); done
     if [ -n "$cookies" ]; then
-        COOKIES=$cookies wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+        WRK_PATH=$path COOKIES=$cookies wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
             -s "$ROOT/bench/me.lua" "$url" >"$WORK/$key.$n.wrk"
     else
         wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$WORK/$key.$n.wrk"

@@ -54,7 +54,7 @@ C1=$(login "$P1"); C2=$(login "$P2")
 echo "machine: $(machine)"
 echo "load: wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $RUNS runs each, interleaved; $(nproc) workers each, redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2)${NODE_VERSION:-}"
 for _ in $(seq "$RUNS"); do
-    run_wrk healthz "http://127.0.0.1:$P1/healthz"
+    run_wrk healthz "http://127.0.0.1:$P1" "$C1" /healthz
     run_wrk redis "http://127.0.0.1:$P1" "$C1"
     run_wrk sqlite "http://127.0.0.1:$P2" "$C2"
     [ "$NODE" = 1 ] && run_wrk node "http://127.0.0.1:$P3" "$C3"
@@ -64,7 +64,7 @@ for _ in $(seq "$RUNS"); do
     fi
 done
 report_header
-report healthz "clusterd, /healthz (no session)"
+report healthz "clusterd, /healthz (same cookies, no session)"
 report redis "clusterd + Redis store, /me"
 report sqlite "clusterd + embedded SQLite store, /me"
 [ "$NODE" = 1 ] && report node "Node cluster + express-session + Redis, /me"

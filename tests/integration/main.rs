@@ -5,6 +5,7 @@ mod harness;
 
 mod abuse;
 mod balance;
+mod cache;
 mod cli;
 mod cluster;
 mod cluster_redis;

@@ -411,34 +411,48 @@ fn the_middlewares_ttl_is_the_only_ttl<S: SessionStore + 'static>(
     }
 }
 
-fn sqlite(tag: &str) -> (TempDir, impl Fn() -> SqliteStore + Clone + Send + 'static) {
+/// The embedded store, with a read cache of `cache` sessions per server thread (0: none).
+fn sqlite(tag: &str, cache: usize) -> (TempDir, impl Fn() -> SqliteStore + Clone + Send + 'static) {
     let dir = TempDir::new(tag);
     SqliteStore::initialize(dir.path()).unwrap();
     let path = dir.path().to_path_buf();
-    (dir, move || SqliteStore::open(&path).unwrap())
+    (dir, move || {
+        SqliteStore::open(&path).unwrap().with_cache(cache, None)
+    })
 }
 
-fn redis(r: &Redis) -> impl Fn() -> RedisStore + Clone + Send + 'static {
+/// The Redis store, with a read cache of `cache` sessions per server thread (0: none).
+fn redis(r: &Redis, cache: usize) -> impl Fn() -> RedisStore + Clone + Send + 'static {
     let url = r.url();
-    move || RedisStore::new(&url, "test:", 0).unwrap()
+    move || {
+        RedisStore::new(&url, "test:", 0)
+            .unwrap()
+            .with_cache(cache, None)
+    }
 }
 
 #[test]
-fn the_sqlite_store_passes_actix_sessions_acceptance_suite() {
-    let (_dir, store) = sqlite("acceptance-sqlite");
-    acceptance(store);
+fn the_sqlite_store_passes_actix_sessions_acceptance_suite_cached_or_not() {
+    for cache in [0, 100] {
+        let (_dir, store) = sqlite("acceptance-sqlite", cache);
+        acceptance(store);
+    }
 }
 
 #[test]
-fn the_redis_store_passes_actix_sessions_acceptance_suite() {
+fn the_redis_store_passes_actix_sessions_acceptance_suite_cached_or_not() {
     let r = Redis::start();
-    acceptance(redis(&r));
+    for cache in [0, 100] {
+        acceptance(redis(&r, cache));
+    }
 }
 
 #[test]
-fn both_stores_keep_a_session_for_the_middlewares_ttl_only() {
-    let (_dir, store) = sqlite("ttl-sqlite");
-    the_middlewares_ttl_is_the_only_ttl(store);
+fn both_stores_keep_a_session_for_the_middlewares_ttl_only_cached_or_not() {
     let r = Redis::start();
-    the_middlewares_ttl_is_the_only_ttl(redis(&r));
+    for cache in [0, 100] {
+        let (_dir, store) = sqlite("ttl-sqlite", cache);
+        the_middlewares_ttl_is_the_only_ttl(store);
+        the_middlewares_ttl_is_the_only_ttl(redis(&r, cache));
+    }
 }
