@@ -53,9 +53,14 @@ C1=$(login "$P1"); C2=$(login "$P2")
 [ -n "${COMPARE_BIN:-}" ] && { C4=$(login "$P4"); C5=$(login "$P5"); }
 echo "machine: $(machine)"
 echo "load: wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $RUNS runs each, interleaved; $(nproc) workers each, redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2)${NODE_VERSION:-}"
+# Commands Redis ran in all (INFO commandstats): what each signed-in run cost it.
+redis_calls() { redis-cli -p "$R" INFO commandstats | awk -F'calls=' 'NF>1{split($2,a,","); s+=a[1]} END{print s+0}'; }
+CALLS=()
 for _ in $(seq "$RUNS"); do
     run_wrk healthz "http://127.0.0.1:$P1" "$C1" /healthz
+    before=$(redis_calls)
     run_wrk redis "http://127.0.0.1:$P1" "$C1"
+    CALLS+=("$(( $(redis_calls) - before ))")
     run_wrk sqlite "http://127.0.0.1:$P2" "$C2"
     [ "$NODE" = 1 ] && run_wrk node "http://127.0.0.1:$P3" "$C3"
     if [ -n "${COMPARE_BIN:-}" ]; then
@@ -72,3 +77,4 @@ if [ -n "${COMPARE_BIN:-}" ]; then
     report compare-redis "COMPARE_BIN + Redis store, /me"
     report compare-sqlite "COMPARE_BIN + embedded SQLite store, /me"
 fi
+echo "Redis commands during each ${DURATION} s clusterd + Redis run (INFO commandstats, liveness PINGs included): ${CALLS[*]}"

@@ -289,12 +289,14 @@ pub(super) async fn me(
 /// state change: actix-session (`OnStateChanges`) then writes the session with a fresh TTL and
 /// sends the cookie again with a fresh `Max-Age`. Between renewals a signed-in request writes
 /// nothing and sets no cookie, which is what lets the session cache answer it alone. A session
-/// then expires between 29/30 of the idle timeout and all of it after its last use.
+/// then expires between 29/30 of the idle timeout and all of it after its last use. Counted
+/// from each session's own last renewal, so sessions do not all renew in the same second.
 pub(super) fn keep_alive(session: &Session, state: &DemoState) {
     let every = (state.session.idle_timeout.as_secs() / u64::from(RENEW_GRANULARITY)).max(1);
-    let period = unix_now() / every;
-    if session.get::<u64>("renewed").ok().flatten() != Some(period) {
-        let _ = session.insert("renewed", period);
+    let now = unix_now();
+    let renewed = session.get::<u64>("renewed_at").ok().flatten();
+    if renewed.is_none_or(|at| now.saturating_sub(at) >= every) {
+        let _ = session.insert("renewed_at", now);
     }
 }
 

@@ -23,8 +23,10 @@ use hashlink::LruCache;
 
 use crate::counter::Counter;
 
-/// How often the Redis store confirms that its invalidation channel is alive.
-pub const VOUCH_EVERY: Duration = Duration::from_millis(300);
+/// How often the Redis store confirms that its invalidation channel is alive (at least every
+/// 0.5 s, and well inside [`TRUST_FOR`] so that a confirmation arrives before the last one
+/// lapses).
+pub const VOUCH_EVERY: Duration = Duration::from_millis(450);
 /// How long after a confirming PING was sent the cache may be served from.
 pub const TRUST_FOR: Duration = Duration::from_millis(900);
 
