@@ -52,11 +52,28 @@ pub enum Command {
         /// The master's control socket
         #[arg(long, value_name = "PATH")]
         control_socket: Option<PathBuf>,
+        /// `--wait`, `--timeout`.
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Reload: re-read the config and replace the workers (and the master, if its binary changed), as SIGHUP does
     Reload {
         /// The master's control socket
         #[arg(long, value_name = "PATH")]
         control_socket: Option<PathBuf>,
+        /// `--wait`, `--timeout`.
+        #[command(flatten)]
+        wait: WaitArgs,
     },
+}
+
+/// `--wait` and `--timeout` of `scale` and `reload`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct WaitArgs {
+    /// Wait until the change has completed or failed, print which (and why), exit 0 on success and 1 otherwise
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds --wait waits at most (then exits 1)
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "wait")]
+    pub timeout: u64,
 }

@@ -16,7 +16,7 @@ mod cli;
 mod options;
 mod validate;
 
-pub use self::cli::{Cli, Command};
+pub use self::cli::{Cli, Command, WaitArgs};
 pub use self::options::{Args, FileKey};
 
 /// Errors found while loading or validating configuration. All map to exit code 2 in `main`.

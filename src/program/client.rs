@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::Service;
-use crate::config::{Args, ClusterConfig, Config};
+use super::wait::{self, Outcome};
+use crate::config::{Args, ClusterConfig, Config, WaitArgs};
 use crate::master::control;
 
 /// Where the master puts its control socket: `--control-socket`, else the default
@@ -90,26 +91,58 @@ pub(super) fn status<S: Service>(args: &Args, given: Option<&Path>, json: bool) 
     )
 }
 
-/// `scale N`.
-pub(super) fn scale<S: Service>(args: &Args, given: Option<&Path>, workers: usize) -> ExitCode {
+/// `scale N [--wait]`.
+pub(super) fn scale<S: Service>(
+    args: &Args,
+    given: Option<&Path>,
+    workers: usize,
+    w: WaitArgs,
+) -> ExitCode {
     let name = S::NAME;
-    done(
-        name,
-        ask::<S>(args, given, &format!("scale {workers}")).map(|_| {
-            println!("{name}: scaling to {workers} workers");
-        }),
-    )
+    let asked = ask::<S>(args, given, &format!("scale {workers}"));
+    let result = asked.and_then(|answer| {
+        // The master may have clamped the count to --max-workers.
+        let target = answer["workers"].as_u64().unwrap_or(workers as u64);
+        println!("{name}: scaling to {target} workers");
+        match w.wait {
+            true => settle::<S>(args, given, w, |doc| wait::scale(target, doc)),
+            false => Ok(()),
+        }
+    });
+    done(name, result)
 }
 
-/// `reload`.
-pub(super) fn reload<S: Service>(args: &Args, given: Option<&Path>) -> ExitCode {
+/// `reload [--wait]`.
+pub(super) fn reload<S: Service>(args: &Args, given: Option<&Path>, w: WaitArgs) -> ExitCode {
     let name = S::NAME;
-    done(
-        name,
-        ask::<S>(args, given, "reload").map(|_| {
-            println!("{name}: reloading (see `{name} status`)");
-        }),
-    )
+    let result = (|| {
+        let before = match w.wait {
+            true => Some(wait::Before::of(&ask::<S>(args, given, "status")?)),
+            false => None,
+        };
+        ask::<S>(args, given, "reload")?;
+        match before {
+            None => {
+                println!("{name}: reloading (see `{name} status`)");
+                Ok(())
+            }
+            Some(before) => settle::<S>(args, given, w, |doc| wait::reload(&before, doc)),
+        }
+    })();
+    done(name, result)
+}
+
+/// Polls the master until `judge` decides (`--wait`), and prints the outcome.
+fn settle<S: Service>(
+    args: &Args,
+    given: Option<&Path>,
+    w: WaitArgs,
+    judge: impl Fn(&serde_json::Value) -> Outcome,
+) -> Result<(), String> {
+    let timeout = std::time::Duration::from_secs(w.timeout);
+    let what = wait::poll(timeout, || ask::<S>(args, given, "status"), judge)?;
+    println!("{}: {what}", S::NAME);
+    Ok(())
 }
 
 /// The status document as a person reads it: the master's line, then a line per worker.

@@ -14,6 +14,7 @@
 mod client;
 mod options;
 mod start;
+mod wait;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -122,9 +123,13 @@ pub fn run<S: Service>() -> ExitCode {
         Some(Command::Scale {
             workers,
             control_socket,
-        }) => return client::scale::<S>(&cli.args, control_socket.as_deref(), *workers),
-        Some(Command::Reload { control_socket }) => {
-            return client::reload::<S>(&cli.args, control_socket.as_deref());
+            wait,
+        }) => return client::scale::<S>(&cli.args, control_socket.as_deref(), *workers, *wait),
+        Some(Command::Reload {
+            control_socket,
+            wait,
+        }) => {
+            return client::reload::<S>(&cli.args, control_socket.as_deref(), *wait);
         }
         None => {}
     }

@@ -429,3 +429,44 @@ fn term_to_one_worker_replaces_only_that_worker() {
         "the master did not stop"
     );
 }
+
+#[test]
+fn reload_and_scale_wait_for_the_outcome_and_say_it() {
+    let dir = TempDir::new("reload-wait");
+    let flag = dir.path().join("fail");
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .env("CLUSTERD_TEST_BOOT_EXIT_FILE", flag.to_str().unwrap()),
+    );
+    let before = c.generation();
+    let (code, out, err) = c.ctl(&["reload", "--wait"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("reloaded: generation"), "{out}");
+    // It returned once the rollout had completed, not before.
+    let m = c.status()["master"].clone();
+    assert!(
+        m["generation"].as_u64() > Some(before) && m["reloading"] == false,
+        "{m}"
+    );
+    assert_eq!(m["workers"], 2);
+
+    // New workers that cannot boot: the rollout is aborted, and --wait says why, with 1.
+    std::fs::write(&flag, "4").unwrap();
+    let (code, out, err) = c.ctl(&["reload", "--wait", "--timeout", "60"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("reload aborted"), "{err}");
+    std::fs::remove_file(&flag).unwrap();
+
+    let (code, out, err) = c.ctl(&["scale", "3", "--wait"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("3 workers serving"), "{out}");
+    assert_eq!(c.status()["master"]["workers"], 3);
+    // A bound that cannot be met fails with 1 and names the timeout.
+    let (code, _, err) = c.ctl(&["scale", "4", "--wait", "--timeout", "0"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    // --timeout alone is refused: it means nothing without --wait.
+    let (code, _, _) = c.ctl(&["reload", "--timeout", "5"]);
+    assert_eq!(code, Some(2));
+}
