@@ -119,6 +119,8 @@ pub fn status(board: Board) -> serde_json::Value {
                 "pid": pid,
                 "uptime_s": now.saturating_sub(load(&r.started_ms)) / 1000,
                 "connections": r.connections.load(Ordering::Relaxed),
+                "queue": load(&r.accept_queue),
+                "queue_max": load(&r.accept_queue_max),
                 "requests": load(&r.requests),
                 "rss_bytes": crate::process::rss_bytes(pid),
                 "heartbeat_age_ms": r.heartbeat_age_ms(now),
@@ -191,6 +193,8 @@ pub fn render(board: Board) -> Result<String, std::fmt::Error> {
 
     let requests = Family::<Labels, Counter<u64>>::default();
     let connections = Family::<Labels, Gauge<i64>>::default();
+    let queue = Family::<Labels, Gauge<i64>>::default();
+    let queue_max = Family::<Labels, Gauge<i64>>::default();
     let heartbeat = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let now = scoreboard::now_ms();
     let mut durations = Durations {
@@ -221,6 +225,13 @@ pub fn render(board: Board) -> Result<String, std::fmt::Error> {
         connections
             .get_or_create(&vec![("worker", worker.clone()), ("slot", slot.clone())])
             .set(r.connections.load(Ordering::Relaxed));
+        // By slot: in shared mode every slot reports the one socket.
+        queue
+            .get_or_create(&vec![("slot", slot.clone())])
+            .set(load(&r.accept_queue) as i64);
+        queue_max
+            .get_or_create(&vec![("slot", slot.clone())])
+            .set(load(&r.accept_queue_max) as i64);
         if let Some(age) = r.heartbeat_age_ms(now) {
             heartbeat
                 .get_or_create(&vec![("worker", worker.clone()), ("slot", slot.clone())])
@@ -247,6 +258,16 @@ pub fn render(board: Board) -> Result<String, std::fmt::Error> {
         "clusterd_open_connections",
         "Client connections open, by worker",
         connections,
+    );
+    reg.register(
+        "clusterd_accept_queue",
+        "Connections waiting in a slot's accept queue, as the master last saw them (every 500 ms)",
+        queue,
+    );
+    reg.register(
+        "clusterd_accept_queue_max",
+        "The kernel's limit of a slot's accept queue (the backlog)",
+        queue_max,
     );
     reg.register(
         "clusterd_worker_heartbeat_age_seconds",

@@ -57,9 +57,14 @@ pub struct Record {
     pub duration_sum_us: AtomicU64,
     /// Open client connections.
     pub connections: AtomicI64,
+    /// The accept queue of the worker's socket and its limit, as the master last saw them
+    /// (for `/metrics` and the dashboard, which the workers serve).
+    pub accept_queue: AtomicU64,
+    /// The kernel's limit of that queue (the backlog).
+    pub accept_queue_max: AtomicU64,
     /// Unused since the demo's login and store counters moved to [`crate::counter`]; kept, so
     /// the record's layout, which an upgrade adopts from the previous image, stays the same.
-    pub reserved: [AtomicU64; 10],
+    pub reserved: [AtomicU64; 8],
 }
 
 impl Record {
@@ -77,6 +82,8 @@ impl Record {
         self.duration.iter().for_each(zero);
         zero(&self.duration_sum_us);
         self.connections.store(0, Ordering::Relaxed);
+        zero(&self.accept_queue);
+        zero(&self.accept_queue_max);
         self.reserved.iter().for_each(zero);
     }
 

@@ -202,7 +202,10 @@ impl<A: WorkerApp> Master<A> {
         for (client, asked) in control.read(now) {
             let reply = match asked {
                 Ok(Command::Status) => {
-                    let seen = observe::observe(&self.cluster.table, self.board.board(), now);
+                    let sockets = &self.sockets;
+                    let queue = |slot| sockets.queue(slot);
+                    let seen =
+                        observe::observe(&self.cluster.table, self.board.board(), queue, now);
                     let counters = crate::counter::totals(self.counters.board());
                     let pid = std::process::id() as i32;
                     report::document(&self.cluster, &seen, &counters, pid, now)

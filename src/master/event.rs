@@ -180,4 +180,6 @@ pub struct Seen {
     pub requests: Option<u64>,
     /// Connections open, if it has a scoreboard record.
     pub connections: Option<u64>,
+    /// Its socket's accept queue and the queue's limit, if the socket is open.
+    pub queue: Option<(u32, u32)>,
 }

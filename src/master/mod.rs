@@ -256,9 +256,11 @@ impl<A: WorkerApp> Master<A> {
             return None;
         }
         self.observed_at = now;
+        let sockets = &self.sockets;
         Some(observe::observe(
             &self.cluster.table,
             self.board.board(),
+            |slot| sockets.queue(slot),
             now,
         ))
     }

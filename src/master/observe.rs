@@ -10,14 +10,25 @@ use super::table::Table;
 use crate::process;
 use crate::scoreboard::Board;
 
-/// Every worker with a pid, as it is now.
-pub fn observe(table: &Table, board: Board, now: Ms) -> Vec<Seen> {
+/// Every worker with a pid, as it is now; `queue` reads a slot's accept queue. The queues are
+/// also written to the workers' records, for `/metrics` and the dashboard.
+pub fn observe(
+    table: &Table,
+    board: Board,
+    queue: impl Fn(usize) -> Option<(u32, u32)>,
+    now: Ms,
+) -> Vec<Seen> {
     table
         .workers
         .iter()
         .filter(|w| w.pid > 0)
         .map(|w| {
             let record = w.record.and_then(|i| board.records.get(i));
+            let queue = queue(w.slot);
+            if let (Some(r), Some((len, max))) = (record, queue) {
+                r.accept_queue.store(u64::from(len), Relaxed);
+                r.accept_queue_max.store(u64::from(max), Relaxed);
+            }
             Seen {
                 id: w.id,
                 heartbeat_age_ms: record.and_then(|r| r.heartbeat_age_ms(now.0)),
@@ -25,6 +36,7 @@ pub fn observe(table: &Table, board: Board, now: Ms) -> Vec<Seen> {
                 rss: process::rss_bytes(w.pid),
                 requests: record.map(|r| r.requests.load(Relaxed)),
                 connections: record.map(|r| r.connections.load(Relaxed).max(0) as u64),
+                queue,
             }
         })
         .collect()

@@ -45,6 +45,8 @@ pub fn document(
                 "uptime_s": now.since(w.started).as_secs(),
                 "restarts": c.slot_restarts.get(w.slot).copied().unwrap_or(0),
                 "connections": o.and_then(|o| o.connections),
+                "queue": o.and_then(|o| o.queue).map(|q| q.0),
+                "queue_max": o.and_then(|o| o.queue).map(|q| q.1),
                 "requests": o.and_then(|o| o.requests),
                 "rss_bytes": o.and_then(|o| o.rss),
                 "heartbeat_age_ms": o.and_then(|o| o.heartbeat_age_ms),

@@ -160,13 +160,14 @@ fn table(doc: &serde_json::Value) -> String {
         text(&m["status"])
     );
     out += &format!(
-        "{:>4} {:>8} {:>9} {:>8} {:>8} {:>5} {:>9} {:>8} {:>9} {:>5}\n",
+        "{:>4} {:>8} {:>9} {:>8} {:>8} {:>5} {:>9} {:>9} {:>8} {:>9} {:>5}\n",
         "SLOT",
         "PID",
         "STATE",
         "UPTIME",
         "RESTARTS",
         "CONNS",
+        "QUEUE",
         "REQUESTS",
         "RSS",
         "HEARTBEAT",
@@ -179,14 +180,19 @@ fn table(doc: &serde_json::Value) -> String {
         let beat = w["heartbeat_age_ms"]
             .as_u64()
             .map_or("-".into(), |ms| format!("{ms} ms"));
+        let queue = match (w["queue"].as_u64(), w["queue_max"].as_u64()) {
+            (Some(n), Some(max)) => format!("{n}/{max}"),
+            _ => "-".into(),
+        };
         out += &format!(
-            "{:>4} {:>8} {:>9} {:>7}s {:>8} {:>5} {:>9} {:>8} {:>9} {:>5}\n",
+            "{:>4} {:>8} {:>9} {:>7}s {:>8} {:>5} {:>9} {:>9} {:>8} {:>9} {:>5}\n",
             text(&w["slot"]),
             text(&w["pid"]),
             text(&w["state"]),
             text(&w["uptime_s"]),
             text(&w["restarts"]),
             text(&w["connections"]),
+            queue,
             text(&w["requests"]),
             rss,
             beat,

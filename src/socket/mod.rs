@@ -99,6 +99,27 @@ impl std::fmt::Display for SocketMode {
     }
 }
 
+/// A listening socket's accept queue from `TCP_INFO`: for a listener the kernel reports the
+/// connections waiting to be accepted as `tcpi_unacked` and the backlog as `tcpi_sacked`.
+pub fn accept_queue(listener: &TcpListener) -> Option<(u32, u32)> {
+    use nix::libc;
+    // SAFETY: an all-zero tcp_info is a valid value (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes of `len` bytes, and the descriptor is the
+    // listener's, open for as long as the borrow.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((info.tcpi_unacked, info.tcpi_sacked))
+}
+
 /// Binds `addr` with `SO_REUSEADDR` (a restart does not wait for TIME_WAIT), optionally
 /// `SO_REUSEPORT`, and listens with `backlog`. An IPv6 address accepts IPv6 only, so `[::]:80`
 /// and `0.0.0.0:80` can coexist. The descriptor is close-on-exec; `fork` still copies it.
@@ -346,6 +367,17 @@ impl Sockets {
             .expect("opened above")
             .listener
             .as_raw_fd())
+    }
+
+    /// The accept queue of the socket slot `slot`'s worker accepts on: connections waiting to
+    /// be accepted, and the kernel's limit (the backlog). `None` for a slot with no open socket.
+    pub fn queue(&self, slot: usize) -> Option<(u32, u32)> {
+        let listener = match self.mode {
+            SocketMode::Shared => &self.slots.first()?.as_ref()?.listener,
+            _ if !self.fallback.is_empty() => &self.fallback[slot % self.fallback.len()],
+            _ => &self.slots.get(slot)?.as_ref()?.listener,
+        };
+        accept_queue(listener)
     }
 
     /// Closes the master's copy of a slot's socket, because the slot goes away, after steering

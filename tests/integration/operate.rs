@@ -281,3 +281,44 @@ fn log_format_json_writes_one_object_a_line() {
         "fields keep their types: {started}"
     );
 }
+
+#[test]
+fn the_accept_queue_of_a_stopped_workers_slot_grows_in_status() {
+    let c = Clusterd::start(Opts::default().workers(2));
+    let doc = c.wait_ready(Duration::from_secs(15));
+    let workers = doc["workers"].as_array().unwrap().clone();
+    for w in &workers {
+        assert_eq!(w["queue"], 0, "{w}");
+        assert!(w["queue_max"].as_u64() > Some(0), "{w}");
+    }
+    let stopped = workers[0]["pid"].as_i64().unwrap() as i32;
+    let slot = workers[0]["slot"].clone();
+    signal(stopped, Signal::SIGSTOP);
+    // Connections the kernel completes and queues; about half are steered to the stopped slot.
+    let conns: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(c.addr).unwrap())
+        .collect();
+    let queued = |d: &serde_json::Value| {
+        d["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["slot"] == slot)
+            .and_then(|w| w["queue"].as_u64())
+    };
+    let doc = c.wait_status(Duration::from_secs(5), "a queue on the stopped slot", |d| {
+        queued(d) > Some(5)
+    });
+    let (_, text, _) = ctl(&c, &["status"]);
+    signal(stopped, Signal::SIGCONT);
+    assert!(text.contains("QUEUE"), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains(&format!(" {stopped} "))
+            && l.contains(&format!("{}/", queued(&doc).unwrap()))),
+        "{text}"
+    );
+    drop(conns);
+    c.wait_status(Duration::from_secs(5), "the queue drained", |d| {
+        queued(d) == Some(0)
+    });
+}
