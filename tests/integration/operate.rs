@@ -225,6 +225,9 @@ fn metrics_are_served_on_their_own_address_from_every_worker() {
         "clusterd_logins_total{outcome=\"shed\"}",
         "clusterd_session_store_operations_total",
         "clusterd_session_store_errors_total",
+        "clusterd_accept_queue{slot=\"0\"} 0",
+        "clusterd_accept_queue_max{slot=\"0\"} ",
+        "clusterd_session_cache_hits_total",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
