@@ -6,8 +6,8 @@
 //! atomic, so lines from different processes never interleave mid-line.
 
 use std::fmt;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{OnceLock, RwLock};
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::Targets;
@@ -71,9 +71,35 @@ pub enum Format {
     Json,
 }
 
+/// The format [`init`] installed.
+static FORMAT: OnceLock<Format> = OnceLock::new();
+
+/// The format [`init`] installed (for the access log, which writes its own lines).
+pub(crate) fn format() -> Format {
+    FORMAT.get().copied().unwrap_or_default()
+}
+
+/// This process's role tag.
+pub(crate) fn role() -> String {
+    ROLE.read().map(|r| r.clone()).unwrap_or_default()
+}
+
+/// Whether plain lines start with a timestamp (not under systemd, whose journal adds one).
+pub(crate) fn timestamps() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_none()
+}
+
+/// The current time as the log writes it, `2026-12-06T01:29:44.749865Z`.
+pub(crate) fn timestamp() -> String {
+    let mut out = String::new();
+    let _ = SystemTime.format_time(&mut Writer::new(&mut out));
+    out
+}
+
 /// Installs the subscriber. Under systemd (`JOURNAL_STREAM` set) plain lines carry no
 /// timestamp, since the journal adds its own.
 pub fn init(format: Format) {
+    let _ = FORMAT.set(format);
     set_role("master");
     let filter: Targets = std::env::var("CLUSTERD_LOG")
         .ok()

@@ -96,6 +96,8 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// Path of the health route every worker answers; `None`: none.
     pub health_path: Option<String>,
+    /// A line per request in the log (`--access-log`).
+    pub access_log: bool,
 }
 
 impl Default for ClusterConfig {

@@ -115,6 +115,9 @@ options! {
         /// Path of the health route every worker answers, before the app's routes (`off`: none) [default: /healthz]
         #[arg(long, env = "CLUSTERD_HEALTH_PATH", value_name = "PATH")]
         pub health_path: Option<String>,
+        /// One line per request in the log stream (client, method, path, status, bytes, duration, worker; a JSON object each with --log-format json), written off the server thread [default: false]
+        #[arg(long, env = "CLUSTERD_ACCESS_LOG", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        pub access_log: Option<bool>,
         /// Most workers TTIN or the `scale` subcommand may ask for [default: 4 per CPU, at least 16]
         #[arg(long, env = "CLUSTERD_MAX_WORKERS", value_name = "N", value_parser = parse_count)]
         pub max_workers: Option<usize>,

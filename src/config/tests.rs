@@ -161,6 +161,7 @@ fn every_default_in_help_is_the_one_applied() {
                         == Path::new("/s")
             }
             "health_path" => c.health_path.as_deref() == Some(shown),
+            "access_log" => shown == "false" && !c.access_log,
             "group" => shown == "the user's group" && c.group.is_none(),
             "control_socket" => {
                 shown

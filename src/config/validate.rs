@@ -144,6 +144,7 @@ impl Config {
                 max_workers,
                 data_dir,
                 health_path,
+                access_log: a.access_log.unwrap_or(false),
             },
             file: a.config,
             app_keys: Vec::new(),

@@ -115,6 +115,7 @@ impl<A: WorkerApp> Master<A> {
             trusted_proxies: s.config.trusted_proxies.clone(),
             proxy_protocol: s.config.proxy_protocol,
             health_path: s.config.health_path.clone(),
+            access_log: s.config.access_log,
         };
         // The closure (and the pipe's write end in it) is dropped in the master when `spawn`
         // returns, so the master holds only the read end.

@@ -17,8 +17,10 @@ use actix_web::middleware::Next;
 /// operator sees the load spread), and closes keep-alive connections once the worker drains.
 pub(super) async fn worker_layer(
     worker: HeaderValue,
+    worker_id: u64,
     draining: Arc<AtomicBool>,
     read_timeout: Duration,
+    access: Option<&'static super::access::AccessLog>,
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -28,6 +30,14 @@ pub(super) async fn worker_layer(
         w.request_started();
     }
     super::client::record(&req);
+    // What the access log needs of the request, taken only when it is on.
+    let asked = access.map(|_| {
+        (
+            super::client::client_addr(req.request()),
+            req.method().clone(),
+            req.path().to_string(),
+        )
+    });
     let body = actix_web::HttpMessage::take_payload(&mut req);
     req.set_payload(with_deadline(
         body,
@@ -41,6 +51,21 @@ pub(super) async fn worker_layer(
         let status = res.as_ref().map_or(500, |r| r.status().as_u16());
         r.count_request(status, started.elapsed());
     }
+    if let (Some(log), Some((client, method, path))) = (access, asked) {
+        let (status, bytes) = match &res {
+            Ok(r) => (r.status().as_u16(), body_size(r.response().body().size())),
+            Err(e) => (e.as_response_error().status_code().as_u16(), None),
+        };
+        log.record(super::access::Entry {
+            client,
+            method,
+            path,
+            status,
+            bytes,
+            duration: started.elapsed(),
+            worker: worker_id,
+        });
+    }
     let mut res = res?;
     res.headers_mut()
         .insert(HeaderName::from_static("x-clusterd-worker"), worker);
@@ -50,6 +75,15 @@ pub(super) async fn worker_layer(
             .set_connection_type(ConnectionType::Close);
     }
     Ok(res)
+}
+
+/// A body's size when it is known before it is sent.
+fn body_size(size: actix_web::body::BodySize) -> Option<u64> {
+    match size {
+        actix_web::body::BodySize::Sized(n) => Some(n),
+        actix_web::body::BodySize::None => Some(0),
+        actix_web::body::BodySize::Stream => None,
+    }
 }
 
 /// Ticks this server thread's heartbeat on the scoreboard twice a second, from a task on the
@@ -88,6 +122,8 @@ pub(super) struct Timeouts {
     pub(super) proxy_protocol: bool,
     /// The health route's path, if any.
     pub(super) health: Option<&'static str>,
+    /// Where the access log's lines go (`--access-log`).
+    pub(super) access: Option<&'static super::access::AccessLog>,
 }
 
 /// A request body that fails with `TimedOut` if it has not arrived whole by `deadline`: a

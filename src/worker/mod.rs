@@ -9,6 +9,7 @@
 //! The parts: `link.rs` (the pipe to the master), `serve.rs` (the HTTP server and its stop),
 //! `layer.rs` (the middleware every request passes: counters, heartbeats, deadlines).
 
+mod access;
 mod client;
 mod layer;
 mod link;
@@ -133,6 +134,8 @@ pub(crate) struct WorkerSpec<'a, A> {
     pub proxy_protocol: bool,
     /// The health route's path, if any.
     pub health_path: Option<String>,
+    /// A line per request in the log.
+    pub access_log: bool,
 }
 
 /// How the worker was asked to stop.
@@ -213,6 +216,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
     let metrics_hosts = spec.metrics_hosts.clone();
     let proxy_protocol = spec.proxy_protocol;
     let health_path = spec.health_path.clone();
+    let access = spec.access_log.then(access::AccessLog::start);
     let result = system.block_on(async {
         // Installed before the app boots (signal handlers need the runtime), so that a TERM
         // during a slow boot is a clean exit rather than the default action.
@@ -225,6 +229,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
             proxy_protocol,
             // One string for the life of the worker process.
             health: health_path.map(|p| &*Box::leak(p.into_boxed_str())),
+            access,
         };
         let _metrics = match metrics {
             Some(l) => Some(crate::metrics::serve(l, metrics_hosts).map_err(|e| {
@@ -234,6 +239,10 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
         };
         serve(app, &info, listener, threads, timeouts, stop).await
     });
+    // The last requests' lines are written before the process ends.
+    if let Some(log) = access {
+        log.finish();
+    }
     match result {
         Ok(()) => exit_code::OK,
         Err(BootError::Transient(e)) => {

@@ -65,7 +65,15 @@ pub(super) async fn serve<A: WorkerApp>(
         heartbeat(thread.min(crate::scoreboard::MAX_THREADS - 1));
         App::new()
             .wrap(from_fn(move |req, next| {
-                worker_layer(id.clone(), Arc::clone(&flag), read_timeout, req, next)
+                worker_layer(
+                    id.clone(),
+                    worker,
+                    Arc::clone(&flag),
+                    read_timeout,
+                    timeouts.access,
+                    req,
+                    next,
+                )
             }))
             .configure(move |cfg| {
                 if let Some(path) = timeouts.health {
@@ -327,6 +335,7 @@ mod tests {
                     read: Duration::from_secs(5),
                     proxy_protocol: false,
                     health: Some("/healthz"),
+                    access: None,
                 },
                 stop,
             ))

@@ -325,3 +325,71 @@ fn the_accept_queue_of_a_stopped_workers_slot_grows_in_status() {
         queued(d) == Some(0)
     });
 }
+
+#[test]
+fn the_access_log_writes_a_json_object_per_request() {
+    let mut c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .arg("--access-log")
+            .arg("--log-format")
+            .arg("json"),
+    );
+    let asked = [
+        ("GET", "/healthz?secret=1", 200),
+        ("GET", "/me", 401),
+        ("GET", "/nowhere", 404),
+        ("DELETE", "/login", 405),
+    ];
+    for _ in 0..5 {
+        for (method, path, status) in asked {
+            let r = request(c.addr, method, path, &[], b"").unwrap();
+            assert_eq!(r.status, status, "{method} {path}");
+        }
+    }
+    let access = |c: &Clusterd| -> Vec<serde_json::Value> {
+        c.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access")
+            .collect()
+    };
+    eventually(T, "20 access lines", || {
+        (access(&c).len() >= 20).then_some(())
+    });
+    let lines = access(&c);
+    assert_eq!(lines.len(), 20, "one line per request");
+    for (method, path, status) in asked {
+        let path = path.split('?').next().unwrap();
+        let of: Vec<_> = lines
+            .iter()
+            .filter(|v| v["method"] == method && v["path"] == path)
+            .collect();
+        assert_eq!(of.len(), 5, "{method} {path}: {lines:?}");
+        for v in of {
+            assert_eq!(v["status"], status, "{v}");
+            assert_eq!(v["client"], "127.0.0.1", "{v}");
+            assert!(v["bytes"].as_u64() > Some(0), "{v}");
+            assert!(v["duration_ms"].as_f64() >= Some(0.0), "{v}");
+            assert!(v["worker"].as_u64() >= Some(1), "{v}");
+        }
+    }
+    assert!(!c.log_text().contains("secret"), "the query is not logged");
+    // The lines of the last requests before a stop are written too.
+    for _ in 0..5 {
+        assert_eq!(c.get("/healthz").status, 200);
+    }
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit(T), Some(0));
+    assert_eq!(access(&c).len(), 25, "{}", c.log_text());
+}
+
+#[test]
+fn no_access_log_without_the_switch() {
+    let c = Clusterd::start(Opts::default().workers(1));
+    for _ in 0..5 {
+        assert_eq!(c.get("/healthz").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!c.log_text().contains("access client="), "{}", c.log_text());
+}
