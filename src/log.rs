@@ -89,11 +89,26 @@ pub(crate) fn timestamps() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_none()
 }
 
-/// The current time as the log writes it, `2026-12-06T01:29:44.749865Z`.
-pub(crate) fn timestamp() -> String {
-    let mut out = String::new();
-    let _ = SystemTime.format_time(&mut Writer::new(&mut out));
-    out
+/// `2026-12-06T01:29:44` (UTC) for a time in seconds since the epoch, as the log's timestamps
+/// begin (the access log adds the fraction and the `Z`). Days to a civil date as in Howard
+/// Hinnant's `civil_from_days`.
+pub(crate) fn date_time(secs: u64) -> String {
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// Installs the subscriber. Under systemd (`JOURNAL_STREAM` set) plain lines carry no
@@ -194,5 +209,15 @@ where
         write!(writer, "{:>5} [{role}] ", event.metadata().level())?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn date_time_is_utc_civil_time() {
+        assert_eq!(super::date_time(0), "1970-01-01T00:00:00");
+        assert_eq!(super::date_time(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(super::date_time(1_796_520_584), "2026-12-06T01:29:44");
     }
 }

@@ -151,11 +151,12 @@ macro_rules! session_store {
                     return Ok(key);
                 }
                 self.renewals.forget(key.as_ref());
-                // The record expired between load and update: store the state under a new id.
-                self.save(state, ttl).await.map_err(|e| match e {
-                    SaveError::Serialization(e) => UpdateError::Serialization(e),
-                    SaveError::Other(e) => UpdateError::Other(e),
-                })
+                // The record was deleted (a logout on another worker) or expired since this
+                // request read it. Storing the state under a new id, as actix-session's own
+                // stores do, would sign a user who just logged out in again (the request's
+                // state still names them): the deletion wins, the change is dropped, and the
+                // cookie keeps naming the gone record, so the next request is anonymous.
+                Ok(key)
             }
 
             async fn update_ttl(

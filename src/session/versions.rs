@@ -53,7 +53,9 @@ impl Versions {
             crate::scoreboard::map_shared(&OwnedFd::from(file)).map_err(|e| failed(&e))?;
         // SAFETY: the mapping is page-aligned, at least BUCKETS u64s long, shared and never
         // unmapped (so 'static holds); zeros (a new file) are valid AtomicU64s, and every
-        // process touches it through atomics only.
+        // process touches it through atomics only. clusterd only ever grows the file; one who
+        // can write the data dir could truncate it and crash the workers with SIGBUS, as they
+        // could delete the database: the data dir is the workers' own (0700).
         let slots = unsafe { std::slice::from_raw_parts(base.cast::<AtomicU64>(), BUCKETS) };
         let v: &'static Versions = Box::leak(Box::new(Versions { slots }));
         mapped.push((path, v));

@@ -79,7 +79,8 @@ impl AccessLog {
 
     /// Writes what is still waiting and stops the writer (the worker is ending).
     pub fn finish(&self) {
-        self.done.store(true, Ordering::Relaxed);
+        // Release: the lines the server threads handed over before are seen by the last drain.
+        self.done.store(true, Ordering::Release);
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = writer {
             let _ = handle.join();
@@ -102,7 +103,7 @@ fn write_lines(rx: &Receiver<Entry>, log: &AccessLog) {
     let mut line = String::with_capacity(512);
     loop {
         // Read before draining: lines handed over before `finish` are all written.
-        let last = log.done.load(Ordering::Relaxed);
+        let last = log.done.load(Ordering::Acquire);
         if !last {
             std::thread::sleep(FLUSH_EVERY);
         }
@@ -161,8 +162,7 @@ impl Writer {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         if self.second.0 != now.as_secs() {
-            let full = crate::log::timestamp();
-            self.second = (now.as_secs(), full.get(..19).unwrap_or("").to_string());
+            self.second = (now.as_secs(), crate::log::date_time(now.as_secs()));
         }
         let _ = write!(out, "{}.{:06}Z", self.second.1, now.subsec_micros());
     }

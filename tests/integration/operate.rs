@@ -66,8 +66,10 @@ fn status_lists_every_worker_and_counts_its_requests() {
     assert_eq!(doc["store"]["kind"], "sqlite");
     let (code, out, _) = ctl(&c, &["status"]);
     assert_eq!(code, Some(0));
-    // The master's line, a header, one line per worker.
-    assert_eq!(out.lines().count(), 2 + 3, "{out}");
+    // The master's line, a header, one line per worker; then the app's counters.
+    let table = out.lines().take_while(|l| !l.starts_with("counters"));
+    assert_eq!(table.count(), 2 + 3, "{out}");
+    assert!(out.contains("clusterd_session_cache_hits_total"), "{out}");
     for pid in c.workers() {
         assert!(out.contains(&pid.to_string()), "{out}");
     }

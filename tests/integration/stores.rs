@@ -456,3 +456,28 @@ fn both_stores_keep_a_session_for_the_middlewares_ttl_only_cached_or_not() {
         the_middlewares_ttl_is_the_only_ttl(redis(&r, cache));
     }
 }
+
+/// A write to a session that another worker deleted (a logout) since this request read it is
+/// dropped: storing it under a new id would sign the user who just logged out in again.
+async fn an_update_does_not_bring_a_deleted_session_back(store: impl SessionStore) {
+    let ttl = time::Duration::seconds(60);
+    let state: std::collections::HashMap<String, String> =
+        [("user".to_string(), "\"alice\"".to_string())].into();
+    let key = store.save(state.clone(), &ttl).await.unwrap();
+    let id = key.as_ref().to_string();
+    store.delete(&key).await.unwrap();
+    let after = store.update(key, state, &ttl).await.unwrap();
+    assert_eq!(after.as_ref(), id, "no new session");
+    assert_eq!(store.load(&after).await.unwrap(), None, "still logged out");
+}
+
+#[test]
+fn both_stores_let_a_logout_win_over_a_concurrent_write() {
+    let r = Redis::start();
+    let (_dir, sqlite) = sqlite("deleted-sqlite", 0);
+    let redis = redis(&r, 0);
+    actix_web::rt::System::new().block_on(async move {
+        an_update_does_not_bring_a_deleted_session_back(sqlite()).await;
+        an_update_does_not_bring_a_deleted_session_back(redis()).await;
+    });
+}
