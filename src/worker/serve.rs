@@ -163,6 +163,7 @@ pub(super) async fn serve<A: WorkerApp>(
             // other or next worker.
             let _paused = handle.pause();
             settle(&mut server).await;
+            finish_requests(&mut server, graceful_timeout).await;
             let _done = handle.stop(true);
             let _ = server.as_mut().await;
         }
@@ -190,6 +191,7 @@ pub(super) async fn serve<A: WorkerApp>(
             let _paused = handle.pause();
             draining.store(true, Ordering::Relaxed);
             settle(&mut server).await;
+            finish_requests(&mut server, graceful_timeout).await;
             let _done = handle.stop(true);
             let _ = server.as_mut().await;
         }
@@ -225,6 +227,17 @@ const RETIRE_SETTLE: Duration = Duration::from_millis(50);
 /// commands), unless it ends sooner.
 async fn settle<F: Future + Unpin>(server: &mut F) {
     settle_for(server, HANDOFF_SETTLE).await;
+}
+
+/// Keeps serving, for at most `limit`, until no request is in flight. Only then does the stop
+/// go to actix, whose graceful stop closes idle keep-alive connections at once: until then a
+/// client on a kept-alive connection still gets its answer, with `Connection: close`, instead
+/// of a connection closed under its request.
+async fn finish_requests<F: Future + Unpin>(server: &mut F, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while super::layer::in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        settle_for(server, Duration::from_millis(20)).await;
+    }
 }
 
 /// Keeps polling the server future for `time`, unless it ends sooner.

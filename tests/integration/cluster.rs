@@ -470,3 +470,22 @@ fn reload_and_scale_wait_for_the_outcome_and_say_it() {
     let (code, _, _) = c.ctl(&["reload", "--timeout", "5"]);
     assert_eq!(code, Some(2));
 }
+
+#[test]
+fn a_stopping_worker_answers_kept_alive_connections_until_its_requests_end() {
+    let mut c = Clusterd::start(Opts::default().workers(1));
+    let mut kept = KeepAlive::new(c.addr);
+    let r = kept.get("/healthz", &[]).unwrap();
+    assert_eq!((r.status, r.json()["status"].clone()), (200, "ok".into()));
+    let slow = slow_request(&c, 2000);
+    c.signal(Signal::SIGTERM);
+    c.wait_log(T, "stopping gracefully");
+    std::thread::sleep(Duration::from_millis(200));
+    // The kept-alive connection is still served while the slow request runs (actix's own
+    // graceful stop would have closed it), and told to close after the answer.
+    let r = kept.get("/healthz", &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.wants_close(), "{:?}", r.headers);
+    assert_eq!(slow.join().unwrap().unwrap().status, 200);
+    assert_eq!(c.wait_exit(T), Some(0));
+}
