@@ -127,7 +127,7 @@ pub fn init(format: Format) {
     let _ = match format {
         Format::Plain => registry
             .with(layer.event_format(Line {
-                timestamps: std::env::var_os("JOURNAL_STREAM").is_none(),
+                timestamps: timestamps(),
             }))
             .try_init(),
         Format::Json => registry.with(layer.event_format(JsonLine)).try_init(),
@@ -178,7 +178,7 @@ where
         let mut line = serde_json::Map::new();
         line.insert("timestamp".into(), timestamp.into());
         line.insert("level".into(), event.metadata().level().as_str().into());
-        let role = ROLE.read().map(|r| r.clone()).unwrap_or_default();
+        let role = role();
         line.insert("role".into(), role.into());
         line.insert("target".into(), event.metadata().target().into());
         line.extend(fields.0);
@@ -205,7 +205,7 @@ where
             SystemTime.format_time(&mut writer)?;
             writer.write_char(' ')?;
         }
-        let role = ROLE.read().map(|r| r.clone()).unwrap_or_default();
+        let role = role();
         write!(writer, "{:>5} [{role}] ", event.metadata().level())?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)

@@ -59,8 +59,12 @@ fn ask<S: Service>(
     given: Option<&Path>,
     line: &str,
 ) -> Result<serde_json::Value, String> {
-    let path = find::<S>(args, given)?;
-    let answer = control::ask(&path, line)?;
+    ask_at(&find::<S>(args, given)?, line)
+}
+
+/// Asks the master at `path`; a refusal is an error.
+fn ask_at(path: &Path, line: &str) -> Result<serde_json::Value, String> {
+    let answer = control::ask(path, line)?;
     if answer["ok"] == serde_json::Value::Bool(false) {
         return Err(answer["error"].as_str().unwrap_or("refused").to_string());
     }
@@ -140,7 +144,9 @@ fn settle<S: Service>(
     judge: impl Fn(&serde_json::Value) -> Outcome,
 ) -> Result<(), String> {
     let timeout = std::time::Duration::from_secs(w.timeout);
-    let what = wait::poll(timeout, || ask::<S>(args, given, "status"), judge)?;
+    // Found once: the config is not read again on every poll.
+    let path = find::<S>(args, given)?;
+    let what = wait::poll(timeout, || ask_at(&path, "status"), judge)?;
     println!("{}: {what}", S::NAME);
     Ok(())
 }

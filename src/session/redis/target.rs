@@ -4,6 +4,7 @@
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 
+use super::link::Refused;
 use super::*;
 
 /// Where the data lives.
