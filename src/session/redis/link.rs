@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, PushInfo, RedisError};
 
-use super::target::{Target, resp3};
+use super::target::{Refused, Target, resp3};
 use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Inner, RESPONSE_TIMEOUT, RedisStore, StoreError};
 use crate::session::cache::{Cache, VOUCH_EVERY};
 
@@ -61,24 +61,6 @@ fn invalidations(cache: Weak<Cache>) -> impl Fn(PushInfo) -> Result<(), ()> + Se
             _ => {}
         }
         Ok(())
-    }
-}
-
-/// Why a connect attempt failed.
-pub(super) enum Refused {
-    /// Unreachable, timed out, refused: the next request tries again.
-    Failed(String),
-    /// The server does not speak RESP3 (it has no `HELLO`).
-    NoResp3(String),
-}
-
-impl From<RedisError> for Refused {
-    fn from(e: RedisError) -> Self {
-        if e.kind() == redis::ErrorKind::RESP3NotSupported {
-            Refused::NoResp3(e.to_string())
-        } else {
-            Refused::Failed(e.to_string())
-        }
     }
 }
 

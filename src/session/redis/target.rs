@@ -4,8 +4,25 @@
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 
-use super::link::Refused;
 use super::*;
+
+/// Why a connect attempt failed.
+pub(super) enum Refused {
+    /// Unreachable, timed out, refused: the next request tries again.
+    Failed(String),
+    /// The server does not speak RESP3 (it has no `HELLO`).
+    NoResp3(String),
+}
+
+impl From<RedisError> for Refused {
+    fn from(e: RedisError) -> Self {
+        if e.kind() == redis::ErrorKind::RESP3NotSupported {
+            Refused::NoResp3(e.to_string())
+        } else {
+            Refused::Failed(e.to_string())
+        }
+    }
+}
 
 /// Where the data lives.
 pub(super) enum Target {
