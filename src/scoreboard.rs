@@ -62,9 +62,24 @@ pub struct Record {
     pub accept_queue: AtomicU64,
     /// The kernel's limit of that queue (the backlog).
     pub accept_queue_max: AtomicU64,
-    /// Unused since the demo's login and store counters moved to [`crate::counter`]; kept, so
-    /// the record's layout, which an upgrade adopts from the previous image, stays the same.
-    pub reserved: [AtomicU64; 8],
+    /// The worker's oldest request in flight (see [`Record::set_request`]). These words were
+    /// unused before, zero in every record of an older image: the layout, which an upgrade
+    /// adopts from the previous image, is the same.
+    pub request: [AtomicU64; REQUEST_WORDS],
+}
+
+/// Words of a record's request in flight: a stamp, then its text.
+pub const REQUEST_WORDS: usize = 8;
+/// Bytes of a request's text on the board ("METHOD /path", cut to fit).
+pub const REQUEST_TEXT: usize = (REQUEST_WORDS - 1) * 8;
+
+/// A worker's oldest request in flight, as the master reads it off the board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlightRequest {
+    /// "METHOD /path" (no query), cut to [`REQUEST_TEXT`] bytes.
+    pub what: String,
+    /// `CLOCK_MONOTONIC` ms when its head was parsed.
+    pub started_ms: u64,
 }
 
 impl Record {
@@ -84,7 +99,55 @@ impl Record {
         self.connections.store(0, Ordering::Relaxed);
         zero(&self.accept_queue);
         zero(&self.accept_queue_max);
-        self.reserved.iter().for_each(zero);
+        self.request.iter().for_each(zero);
+    }
+
+    /// Publishes the worker's oldest request in flight (`None`: nothing in flight). A seqlock:
+    /// the stamp (start ms and a sequence number, never 0) is cleared first and written last,
+    /// so a reader that sees the same stamp before and after the text read a whole one. Only
+    /// the worker writes it, under its own lock.
+    pub fn set_request(&self, request: Option<(u64, u16, &[u8])>) {
+        let stamp = &self.request[0];
+        stamp.store(0, Ordering::Relaxed);
+        let Some((started_ms, seq, text)) = request else {
+            return;
+        };
+        std::sync::atomic::fence(Ordering::Release);
+        let mut bytes = [0u8; REQUEST_TEXT];
+        let n = text.len().min(REQUEST_TEXT);
+        bytes[..n].copy_from_slice(&text[..n]);
+        for (word, chunk) in self.request[1..].iter().zip(bytes.chunks_exact(8)) {
+            word.store(
+                u64::from_le_bytes(chunk.try_into().unwrap_or_default()),
+                Ordering::Relaxed,
+            );
+        }
+        stamp.store(
+            (started_ms << 16 | u64::from(seq)).max(1),
+            Ordering::Release,
+        );
+    }
+
+    /// The worker's oldest request in flight, if it published one and it was not being
+    /// rewritten while read.
+    pub fn request(&self) -> Option<InFlightRequest> {
+        let stamp = self.request[0].load(Ordering::Acquire);
+        if stamp == 0 {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(REQUEST_TEXT);
+        for word in &self.request[1..] {
+            bytes.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
+        if self.request[0].load(Ordering::Relaxed) != stamp {
+            return None;
+        }
+        let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        Some(InFlightRequest {
+            what: String::from_utf8_lossy(&bytes[..end]).into_owned(),
+            started_ms: stamp >> 16,
+        })
     }
 
     /// The oldest heartbeat among the threads that have ticked, as an age in ms at `now_ms`;
@@ -268,6 +331,21 @@ pub fn board() -> Option<Board> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_in_flight_reads_back_cut_to_fit() {
+        let board = Scoreboard::create(1).unwrap();
+        let r = &board.board().records[0];
+        assert_eq!(r.request(), None);
+        r.set_request(Some((1234, 7, b"GET /orders")));
+        let got = r.request().unwrap();
+        assert_eq!((got.what.as_str(), got.started_ms), ("GET /orders", 1234));
+        let long = format!("POST /{}", "x".repeat(100));
+        r.set_request(Some((99, 8, long.as_bytes())));
+        assert_eq!(r.request().unwrap().what, long[..REQUEST_TEXT]);
+        r.set_request(None);
+        assert_eq!(r.request(), None);
+    }
 
     #[test]
     fn the_board_cannot_be_truncated() {

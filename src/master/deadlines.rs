@@ -63,9 +63,12 @@ pub fn murder(c: &mut Cluster, seen: Option<&[Seen]>, now: Ms, out: &mut Vec<Act
     for w in c.table.live().filter(|w| w.pid > 0) {
         let obs = seen.and_then(|s| s.iter().find(|o| o.id == w.id));
         match w.phase {
-            WorkerPhase::Booting { deadline } if now >= deadline => {
-                hung.push((w.id, format!("not ready after {BOOT_TIMEOUT:?}"), true))
-            }
+            WorkerPhase::Booting { deadline } if now >= deadline => hung.push((
+                w.id,
+                format!("not ready after {BOOT_TIMEOUT:?}"),
+                true,
+                None,
+            )),
             _ if w.is_ready() => {
                 let timeout = c.config.worker_timeout.as_millis() as u64;
                 if let Some(age) = obs.and_then(|o| o.heartbeat_age_ms)
@@ -75,13 +78,17 @@ pub fn murder(c: &mut Cluster, seen: Option<&[Seen]>, now: Ms, out: &mut Vec<Act
                         "no heartbeat for {age} ms (--worker-timeout {}s)",
                         c.config.worker_timeout.as_secs()
                     );
-                    hung.push((w.id, why, obs.is_some_and(|o| o.stopped)));
+                    // What it was doing: its oldest request in flight, as "GET /path (N ms)".
+                    let doing = obs
+                        .and_then(|o| o.request.as_ref())
+                        .map(|r| format!("{} ({} ms)", r.what, now.0.saturating_sub(r.started_ms)));
+                    hung.push((w.id, why, obs.is_some_and(|o| o.stopped), doing));
                 }
             }
             _ => {}
         }
     }
-    for (id, why, kill_now) in hung {
+    for (id, why, kill_now, doing) in hung {
         let replacement = c
             .pending
             .as_ref()
@@ -107,6 +114,7 @@ pub fn murder(c: &mut Cluster, seen: Option<&[Seen]>, now: Ms, out: &mut Vec<Act
             slot,
             pid,
             signal = sig.as_str(),
+            in_flight = doing.as_deref().unwrap_or("no request"),
             "worker hung: {why}; killing it and starting a replacement"
         );
         c.count_restart(slot);

@@ -182,4 +182,6 @@ pub struct Seen {
     pub connections: Option<u64>,
     /// Its socket's accept queue and the queue's limit, if the socket is open.
     pub queue: Option<(u32, u32)>,
+    /// Its oldest request in flight, if it published one.
+    pub request: Option<crate::scoreboard::InFlightRequest>,
 }

@@ -37,6 +37,7 @@ pub fn observe(
                 requests: record.map(|r| r.requests.load(Relaxed)),
                 connections: record.map(|r| r.connections.load(Relaxed).max(0) as u64),
                 queue,
+                request: record.and_then(|r| r.request()),
             }
         })
         .collect()

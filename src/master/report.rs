@@ -50,6 +50,14 @@ pub fn document(
                 "requests": o.and_then(|o| o.requests),
                 "rss_bytes": o.and_then(|o| o.rss),
                 "heartbeat_age_ms": o.and_then(|o| o.heartbeat_age_ms),
+                "oldest_request": o.and_then(|o| o.request.as_ref()).map(|r| {
+                    let (method, path) = r.what.split_once(' ').unwrap_or((&r.what, ""));
+                    serde_json::json!({
+                        "method": method,
+                        "path": path,
+                        "age_ms": now.0.saturating_sub(r.started_ms),
+                    })
+                }),
                 "store": w.healthy.map(|h| if h { "up" } else { "down" }),
             })
         })

@@ -166,7 +166,7 @@ fn table(doc: &serde_json::Value) -> String {
         text(&m["status"])
     );
     out += &format!(
-        "{:>4} {:>8} {:>9} {:>8} {:>8} {:>5} {:>9} {:>9} {:>8} {:>9} {:>5}\n",
+        "{:>4} {:>8} {:>9} {:>8} {:>8} {:>5} {:>9} {:>9} {:>8} {:>9} {:>5}  {}\n",
         "SLOT",
         "PID",
         "STATE",
@@ -177,7 +177,8 @@ fn table(doc: &serde_json::Value) -> String {
         "REQUESTS",
         "RSS",
         "HEARTBEAT",
-        "STORE"
+        "STORE",
+        "OLDEST REQUEST"
     );
     for w in doc["workers"].as_array().into_iter().flatten() {
         let rss = w["rss_bytes"]
@@ -190,8 +191,18 @@ fn table(doc: &serde_json::Value) -> String {
             (Some(n), Some(max)) => format!("{n}/{max}"),
             _ => "-".into(),
         };
+        let oldest = &w["oldest_request"];
+        let oldest = match oldest["age_ms"].as_u64() {
+            Some(ms) => format!(
+                "{} {} ({:.1} s)",
+                text(&oldest["method"]),
+                text(&oldest["path"]),
+                ms as f64 / 1000.0
+            ),
+            None => "-".into(),
+        };
         out += &format!(
-            "{:>4} {:>8} {:>9} {:>7}s {:>8} {:>5} {:>9} {:>9} {:>8} {:>9} {:>5}\n",
+            "{:>4} {:>8} {:>9} {:>7}s {:>8} {:>5} {:>9} {:>9} {:>8} {:>9} {:>5}  {}\n",
             text(&w["slot"]),
             text(&w["pid"]),
             text(&w["state"]),
@@ -203,6 +214,7 @@ fn table(doc: &serde_json::Value) -> String {
             rss,
             beat,
             text(&w["store"]),
+            oldest,
         );
     }
     if let Some(counters) = doc["counters"].as_object().filter(|c| !c.is_empty()) {

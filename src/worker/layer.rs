@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -15,32 +15,6 @@ use actix_web::middleware::Next;
 
 /// Wraps every app: names the worker that answered in an `x-clusterd-worker` header (how an
 /// operator sees the load spread), and closes keep-alive connections once the worker drains.
-/// Requests this worker is answering, over all its server threads: a graceful stop waits for
-/// them to end before it closes the connections.
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// Requests in flight now.
-pub(super) fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::Relaxed)
-}
-
-/// Counts a request in flight until dropped (also when the client goes and the request's future
-/// with it).
-struct InFlight;
-
-impl InFlight {
-    fn start() -> InFlight {
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 pub(super) async fn worker_layer(
     worker: HeaderValue,
     worker_id: u64,
@@ -51,7 +25,7 @@ pub(super) async fn worker_layer(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = std::time::Instant::now();
-    let in_flight = InFlight::start();
+    let in_flight = super::inflight::InFlight::start(req.method().as_str(), req.path());
     let watch = req.conn_data::<std::rc::Rc<super::watch::Watch>>().cloned();
     if let Some(w) = &watch {
         w.request_started();

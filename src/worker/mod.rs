@@ -11,6 +11,7 @@
 
 mod access;
 mod client;
+mod inflight;
 mod layer;
 mod link;
 mod proxy;

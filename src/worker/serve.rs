@@ -235,7 +235,7 @@ async fn settle<F: Future + Unpin>(server: &mut F) {
 /// of a connection closed under its request.
 async fn finish_requests<F: Future + Unpin>(server: &mut F, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
-    while super::layer::in_flight() > 0 && tokio::time::Instant::now() < deadline {
+    while super::inflight::count() > 0 && tokio::time::Instant::now() < deadline {
         settle_for(server, Duration::from_millis(20)).await;
     }
 }

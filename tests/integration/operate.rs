@@ -142,6 +142,66 @@ fn a_stopped_worker_is_replaced_after_the_worker_timeout() {
 }
 
 #[test]
+fn a_worker_stopped_mid_request_is_killed_naming_that_request() {
+    let c = Clusterd::start(Opts::default().workers(2).arg("--worker-timeout").arg("2"));
+    let addr = c.addr;
+    let slow = std::thread::spawn(move || {
+        request(addr, "GET", "/debug/sleep/8000?token=secret", &[], b"")
+    });
+    c.wait_log(T, "debug sleep started");
+    let line = c.log_lines("debug sleep started").join("");
+    let victim: i32 = line
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .and_then(|s| s.parse().ok())
+        .expect("the worker's pid in its log line");
+    // Before the stop, status names the request (path without its query) and its age.
+    let doc = c.wait_status(T, "the request in flight in status", |d| {
+        d["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w["pid"] == victim && w["oldest_request"]["path"] == "/debug/sleep/8000")
+    });
+    let w = doc["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["pid"] == victim)
+        .unwrap();
+    assert_eq!(w["oldest_request"]["method"], "GET", "{doc}");
+    assert!(w["oldest_request"]["age_ms"].as_u64().is_some(), "{doc}");
+    let table = ctl(&c, &["status"]).1;
+    assert!(table.contains("GET /debug/sleep/8000 ("), "{table}");
+    signal(victim, Signal::SIGSTOP);
+    eventually(Duration::from_secs(8), "the stopped worker gone", || {
+        (!exists(victim)).then_some(())
+    });
+    let hung = c.log_lines("worker hung").join("\n");
+    assert!(
+        hung.contains(&format!("pid={victim}")) && hung.contains("GET /debug/sleep/8000 ("),
+        "{}",
+        c.log_text()
+    );
+    assert!(!c.log_text().contains("secret"), "the query is not logged");
+    assert!(
+        slow.join().unwrap().is_err(),
+        "the request died with its worker"
+    );
+    // Nothing in flight on the workers now: status shows none.
+    let doc = status(&c);
+    assert!(
+        doc["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["oldest_request"].is_null()),
+        "{doc}"
+    );
+}
+
+#[test]
 fn a_blocked_runtime_is_caught_by_its_heartbeat_not_only_sigstop() {
     let c = Clusterd::start(Opts::default().workers(2).arg("--worker-timeout").arg("2"));
     // A request that blocks its worker's only server thread for a minute.
@@ -160,7 +220,9 @@ fn a_blocked_runtime_is_caught_by_its_heartbeat_not_only_sigstop() {
     });
     let hung = c.log_lines("worker hung").join("\n");
     assert!(
-        hung.contains(&format!("pid={victim}")) && hung.contains("SIGABRT"),
+        hung.contains(&format!("pid={victim}"))
+            && hung.contains("SIGABRT")
+            && hung.contains("GET /debug/block/60000"),
         "{}",
         c.log_text()
     );

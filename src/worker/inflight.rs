@@ -1,0 +1,88 @@
+//! The requests a worker is answering, over all its server threads: how many (a graceful stop
+//! waits for them), and the oldest, published on the scoreboard so the master can say what a
+//! hung worker was doing and `status` can show it. Runs in workers.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::scoreboard::REQUEST_TEXT;
+
+/// Requests in flight, read without the lock.
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Every request in flight by its number (numbers only grow, so the first is the oldest).
+static TABLE: Mutex<Table> = Mutex::new(Table {
+    next: 0,
+    open: BTreeMap::new(),
+});
+
+struct Table {
+    next: u64,
+    open: BTreeMap<u64, Started>,
+}
+
+#[derive(Clone, Copy)]
+struct Started {
+    ms: u64,
+    text: [u8; REQUEST_TEXT],
+    len: usize,
+}
+
+/// Requests in flight now.
+pub(super) fn count() -> usize {
+    COUNT.load(Ordering::Relaxed)
+}
+
+/// One request in flight, from its head until it is dropped (also when the client goes and
+/// the request's future with it).
+pub(super) struct InFlight(u64);
+
+impl InFlight {
+    /// Counts a request whose head was just parsed: `method` and `path` (no query).
+    pub(super) fn start(method: &str, path: &str) -> InFlight {
+        COUNT.fetch_add(1, Ordering::Relaxed);
+        let mut started = Started {
+            ms: crate::scoreboard::now_ms(),
+            text: [0; REQUEST_TEXT],
+            len: 0,
+        };
+        for part in [method.as_bytes(), b" ", path.as_bytes()] {
+            let n = part.len().min(REQUEST_TEXT - started.len);
+            started.text[started.len..started.len + n].copy_from_slice(&part[..n]);
+            started.len += n;
+        }
+        let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = t.next;
+        t.next += 1;
+        let was_empty = t.open.is_empty();
+        t.open.insert(seq, started);
+        if was_empty {
+            publish(seq, Some(&started));
+        }
+        InFlight(seq)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        COUNT.fetch_sub(1, Ordering::Relaxed);
+        let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let was_oldest = t.open.first_key_value().is_some_and(|(k, _)| *k == self.0);
+        t.open.remove(&self.0);
+        if was_oldest {
+            match t.open.first_key_value() {
+                Some((seq, next)) => publish(*seq, Some(next)),
+                None => publish(self.0, None),
+            }
+        }
+    }
+}
+
+/// Writes the oldest request to this worker's record (called under the table's lock, so
+/// writes do not interleave).
+fn publish(seq: u64, oldest: Option<&Started>) {
+    if let Some(r) = crate::scoreboard::mine() {
+        r.set_request(oldest.map(|s| (s.ms, seq as u16, &s.text[..s.len])));
+    }
+}
