@@ -191,6 +191,12 @@ impl Cluster {
             target: self.target,
             restarts: self.restarts,
             reloading: self.pending.is_some(),
+            draining: self
+                .table
+                .workers
+                .iter()
+                .filter(|w| matches!(w.phase, WorkerPhase::Stopping { .. }))
+                .count(),
             health: self.table.live().filter_map(|w| w.healthy).collect(),
             label: self.label.as_deref(),
             note: self.note.as_deref(),

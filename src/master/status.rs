@@ -11,6 +11,9 @@ pub struct Snapshot<'a> {
     pub restarts: u64,
     /// A rolling restart is under way.
     pub reloading: bool,
+    /// Workers asked to stop that are still there: draining their requests (their `/healthz`
+    /// answers 503 "draining").
+    pub draining: usize,
     /// The last health report of every live worker that sent one (true = up).
     pub health: Vec<bool>,
     /// What the health reports are about ("store redis"), if the app reports any.
@@ -28,6 +31,9 @@ impl Snapshot<'_> {
         );
         if self.reloading {
             s.push_str(", reloading");
+        }
+        if self.draining > 0 {
+            s.push_str(&format!(", {} draining", self.draining));
         }
         let label = self.label.unwrap_or("app");
         if !self.health.is_empty() {
@@ -62,6 +68,7 @@ mod tests {
             target: 2,
             restarts: 3,
             reloading: true,
+            draining: 0,
             health: vec![true, false],
             label: Some("store redis"),
             note: None,
@@ -75,6 +82,12 @@ mod tests {
         assert_eq!(s.line(), "1/2 workers ready, 3 restarts, store redis ok");
         s.health.clear();
         assert_eq!(s.line(), "1/2 workers ready, 3 restarts, store redis");
+        s.draining = 2;
+        assert_eq!(
+            s.line(),
+            "1/2 workers ready, 3 restarts, 2 draining, store redis"
+        );
+        s.draining = 0;
         s.note = Some("reload failed: parsing config file x: bad");
         assert_eq!(
             s.line(),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::scoreboard::REQUEST_TEXT;
 
@@ -29,9 +29,33 @@ struct Started {
     len: usize,
 }
 
+/// The number of the first request that came after the stop began (`u64::MAX`: no stop).
+static DRAIN_FROM: AtomicU64 = AtomicU64::new(u64::MAX);
+
 /// Requests in flight now.
 pub(super) fn count() -> usize {
     COUNT.load(Ordering::Relaxed)
+}
+
+/// Marks the start of a stop: requests in flight now are the ones it waits for.
+pub(super) fn stop_began() {
+    let t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    DRAIN_FROM.store(t.next, Ordering::Relaxed);
+}
+
+/// Whether the worker is stopping and still finishing a request from before its stop: what
+/// `/healthz` calls draining. A stop whose requests all ended (a rollout under a load of quick
+/// requests ends them within microseconds) is not "draining": its remaining answers, each with
+/// `Connection: close`, move clients to a worker that serves, and are not failures to them.
+pub(super) fn draining() -> bool {
+    let from = DRAIN_FROM.load(Ordering::Relaxed);
+    from != u64::MAX
+        && TABLE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .first_key_value()
+            .is_some_and(|(seq, _)| *seq < from)
 }
 
 /// One request in flight, from its head until it is dropped (also when the client goes and

@@ -19,17 +19,28 @@ use tokio::signal::unix::{SignalKind, signal as tokio_signal};
 use super::layer::{OpenConnection, Timeouts, heartbeat, worker_layer};
 use super::*;
 
-/// The health route's answer: `{"status":"ok"|"degraded","worker_pid","worker_id",...}`.
-fn health_answer(h: Health, pid: u32, id: u64) -> serde_json::Value {
+/// The health route's answer: `{"status":"ok"|"degraded"|"draining","worker_pid","worker_id",
+/// ...}`, with 503 while the worker drains for a stop (it finishes requests from before the
+/// stop), so a balancer in front stops sending.
+fn health_answer(h: Health, draining: bool, pid: u32, id: u64) -> HttpResponse {
+    let status = match (draining, h.degraded) {
+        (true, _) => "draining",
+        (false, true) => "degraded",
+        (false, false) => "ok",
+    };
     let mut answer = serde_json::json!({
-        "status": if h.degraded { "degraded" } else { "ok" },
+        "status": status,
         "worker_pid": pid,
         "worker_id": id,
     });
     if let Some(fields) = answer.as_object_mut() {
         fields.extend(h.details);
     }
-    answer
+    if draining {
+        HttpResponse::ServiceUnavailable().json(answer)
+    } else {
+        HttpResponse::Ok().json(answer)
+    }
 }
 
 /// Builds the app state and serves on `listener` until `stop` resolves; tells the master once
@@ -59,6 +70,7 @@ pub(super) async fn serve<A: WorkerApp>(
     let next_thread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let server = HttpServer::new(move || {
         let (flag, id) = (Arc::clone(&flag), id.clone());
+        let draining = Arc::clone(&flag);
         let state = state.clone();
         // Runs once on each server thread: that thread's heartbeat.
         let thread = next_thread.fetch_add(1, Ordering::Relaxed);
@@ -81,8 +93,10 @@ pub(super) async fn serve<A: WorkerApp>(
                     cfg.route(
                         path,
                         web::get().to(move || {
-                            let answer = health_answer(A::health(&state), pid, worker);
-                            async move { HttpResponse::Ok().json(answer) }
+                            let draining =
+                                draining.load(Ordering::Relaxed) && super::inflight::draining();
+                            let answer = health_answer(A::health(&state), draining, pid, worker);
+                            async move { answer }
                         }),
                     );
                 }
@@ -156,6 +170,7 @@ pub(super) async fn serve<A: WorkerApp>(
             // to another worker after their current request instead of finding this one gone
             // (actix's graceful stop closes idle keep-alive connections).
             draining.store(true, Ordering::Relaxed);
+            super::inflight::stop_began();
             // Stop accepting first and give connections the accept thread already took a
             // moment to reach a server thread: actix's graceful stop drops connections still
             // queued between the two, and their clients would see a reset. Connections not yet
@@ -190,6 +205,7 @@ pub(super) async fn serve<A: WorkerApp>(
             info.link.send(message::SOCKET_CLOSED);
             let _paused = handle.pause();
             draining.store(true, Ordering::Relaxed);
+            super::inflight::stop_began();
             settle(&mut server).await;
             finish_requests(&mut server, graceful_timeout).await;
             let _done = handle.stop(true);
@@ -203,6 +219,7 @@ pub(super) async fn serve<A: WorkerApp>(
         Stop::Orphaned => {
             tracing::warn!("the master is gone: stopping");
             draining.store(true, Ordering::Relaxed);
+            super::inflight::stop_began();
             let _done = handle.stop(true);
             if tokio::time::timeout(ORPHAN_GRACE, server.as_mut())
                 .await

@@ -475,15 +475,25 @@ fn reload_and_scale_wait_for_the_outcome_and_say_it() {
 fn a_stopping_worker_answers_kept_alive_connections_until_its_requests_end() {
     let mut c = Clusterd::start(Opts::default().workers(1));
     let mut kept = KeepAlive::new(c.addr);
-    let r = kept.get("/healthz", &[]).unwrap();
+    let mut probe = KeepAlive::new(c.addr);
+    let r = probe.get("/healthz", &[]).unwrap();
     assert_eq!((r.status, r.json()["status"].clone()), (200, "ok".into()));
+    assert_eq!(kept.get("/", &[]).unwrap().status, 200);
     let slow = slow_request(&c, 2000);
     c.signal(Signal::SIGTERM);
     c.wait_log(T, "stopping gracefully");
+    // The master's status line says a worker drains.
+    let line = c.status()["master"]["status"].as_str().unwrap().to_string();
+    assert!(line.contains("1 draining"), "{line}");
     std::thread::sleep(Duration::from_millis(200));
-    // The kept-alive connection is still served while the slow request runs (actix's own
-    // graceful stop would have closed it), and told to close after the answer.
-    let r = kept.get("/healthz", &[]).unwrap();
+    // The kept-alive connections are still served while the slow request runs (actix's own
+    // graceful stop would have closed them), and told to close after the answer; the health
+    // route says the worker drains, so a balancer in front stops sending to it.
+    let r = probe.get("/healthz", &[]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["status"], "draining", "{}", r.text());
+    assert!(r.wants_close(), "{:?}", r.headers);
+    let r = kept.get("/", &[]).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.wants_close(), "{:?}", r.headers);
     assert_eq!(slow.join().unwrap().unwrap().status, 200);
