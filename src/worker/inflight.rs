@@ -43,13 +43,16 @@ pub(super) fn stop_began() {
     DRAIN_FROM.store(t.next, Ordering::Relaxed);
 }
 
-/// Whether the worker is stopping and still finishing a request from before its stop: what
-/// `/healthz` calls draining. A stop whose requests all ended (a rollout under a load of quick
-/// requests ends them within microseconds) is not "draining": its remaining answers, each with
-/// `Connection: close`, move clients to a worker that serves, and are not failures to them.
-pub(super) fn draining() -> bool {
+/// Whether request `own` came after the worker began to stop while it still finishes a
+/// request from before: what `/healthz` calls draining. A request that was already there when
+/// the stop began is answered as before it; and a stop whose older requests all ended (a
+/// rollout under a load of quick requests ends them within microseconds) is not "draining":
+/// its remaining answers, each with `Connection: close`, move clients to a worker that serves,
+/// and are no failures to them.
+pub(super) fn draining(own: u64) -> bool {
     let from = DRAIN_FROM.load(Ordering::Relaxed);
     from != u64::MAX
+        && own >= from
         && TABLE
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -61,6 +64,10 @@ pub(super) fn draining() -> bool {
 /// One request in flight, from its head until it is dropped (also when the client goes and
 /// the request's future with it).
 pub(super) struct InFlight(u64);
+
+/// A request's number, in its extensions (for [`draining`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Number(pub(super) u64);
 
 impl InFlight {
     /// Counts a request whose head was just parsed: `method` and `path` (no query).
@@ -85,6 +92,11 @@ impl InFlight {
             publish(seq, Some(&started));
         }
         InFlight(seq)
+    }
+
+    /// The request's number.
+    pub(super) fn number(&self) -> Number {
+        Number(self.0)
     }
 }
 

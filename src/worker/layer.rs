@@ -26,6 +26,7 @@ pub(super) async fn worker_layer(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = std::time::Instant::now();
     let in_flight = super::inflight::InFlight::start(req.method().as_str(), req.path());
+    actix_web::HttpMessage::extensions_mut(&req).insert(in_flight.number());
     let watch = req.conn_data::<std::rc::Rc<super::watch::Watch>>().cloned();
     if let Some(w) = &watch {
         w.request_started();

@@ -92,9 +92,12 @@ pub(super) async fn serve<A: WorkerApp>(
                     let state = state.clone();
                     cfg.route(
                         path,
-                        web::get().to(move || {
-                            let draining =
-                                draining.load(Ordering::Relaxed) && super::inflight::draining();
+                        web::get().to(move |req: actix_web::HttpRequest| {
+                            let own = actix_web::HttpMessage::extensions(&req)
+                                .get::<super::inflight::Number>()
+                                .copied();
+                            let draining = draining.load(Ordering::Relaxed)
+                                && own.is_some_and(|n| super::inflight::draining(n.0));
                             let answer = health_answer(A::health(&state), draining, pid, worker);
                             async move { answer }
                         }),
