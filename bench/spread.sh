@@ -5,12 +5,14 @@
 # worker's CPU seconds for that run. Also a burst of one-request connections (8 clients) counted
 # by the x-clusterd-worker header, and the Node cluster peer (bench/peers/node) when node is
 # installed. On a 2-core machine 4 and 8 workers show the shape of a bigger host, not its speed.
-# Usage: bench/spread.sh  (TRIALS, MODES, WORKER_COUNTS, BURST_SECS override the defaults)
+# A socket per worker runs under each --balance of BALANCES (load, the default, and hash).
+# Usage: bench/spread.sh  (TRIALS, MODES, BALANCES, WORKER_COUNTS, BURST_SECS override the defaults)
 source "$(dirname "$0")/lib.sh"
 need wrk curl ss python3
 build
 TRIALS=${TRIALS:-3}
 MODES=${MODES-"per-worker shared"}
+BALANCES=${BALANCES-"load hash"}
 WORKER_COUNTS=${WORKER_COUNTS-"2 4 8"}
 BURST_SECS=${BURST_SECS:-4}
 
@@ -77,22 +79,27 @@ echo "machine: $(machine)"
 echo "burst: wrk -t2 -c(50 for 2 workers, else 64) -d${BURST_SECS}s on /healthz; counts by ss during the load, busiest first"
 printf '%-16s %-8s %-6s %-28s %s\n' mode workers trial "connections per worker" "CPU s per worker"
 for mode in $MODES; do
+    balances=$BALANCES; [ "$mode" = per-worker ] || balances=load
+    for balance in $balances; do
+    label=$mode; [ "$mode" = per-worker ] && label="$mode/$balance"
     for n in $WORKER_COUNTS; do
         c=$(conns_for "$n")
         for t in $(seq "$TRIALS"); do
             port=$(free_port)
-            start "spread-$mode-$n-$t" "$BIN" --bind "127.0.0.1:$port" --workers "$n" --sockets "$mode" \
-                --data-dir "$WORK/data-$mode-$n-$t" --graceful-timeout 5
+            name="spread-$mode-$balance-$n-$t"
+            start "$name" "$BIN" --bind "127.0.0.1:$port" --workers "$n" --sockets "$mode" \
+                --balance "$balance" --data-dir "$WORK/data-$name" --graceful-timeout 5
             master=$STARTED_PID
             wait_http "http://127.0.0.1:$port/healthz"
             # Every worker ready, so the burst meets the whole cluster.
-            for _ in $(seq 100); do grep -q "all workers ready" "$WORK/spread-$mode-$n-$t.log" && break; sleep 0.05; done
-            burst "$mode" "$n" "$t" "$c" "$port" "$master"
+            for _ in $(seq 100); do grep -q "all workers ready" "$WORK/$name.log" && break; sleep 0.05; done
+            burst "$label" "$n" "$t" "$c" "$port" "$master"
             if [ "$n" = 4 ] && [ "$t" = 1 ]; then
                 echo "  2,000 one-request connections, 8 clients, per worker: $(one_request_spread "$port")"
             fi
             kill -TERM "$master"; wait "$master" 2>/dev/null || true
         done
+    done
     done
 done
 

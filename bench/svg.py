@@ -88,7 +88,7 @@ bars(out / "sessions-p99.svg", "p99 latency (lower is better)", machine(text), [
 text = (src / "spread.txt").read_text()
 rows = []
 for line in text.splitlines():
-    m = re.match(r"^(shared|per-worker|node-cluster) +(\d+) +(\d+) +(\d+(?:/\d+)+)", line)
+    m = re.match(r"^(shared|per-worker(?:/load|/hash)?|node-cluster) +(\d+) +(\d+) +(\d+(?:/\d+)+)", line)
     if m and m.group(2) == "4":
         rows.append((f"{m.group(1)}, trial {m.group(3)}", [int(x) for x in m.group(4).split("/")]))
 with open(out / "spread.csv", "w", newline="") as f:

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::socket::SocketMode;
+use crate::socket::{Balance, SocketMode};
 
 mod cli;
 mod options;
@@ -66,6 +66,8 @@ pub struct ClusterConfig {
     pub read_timeout: Duration,
     /// How the workers' listening sockets are laid out.
     pub sockets: SocketMode,
+    /// How new connections are spread over per-worker sockets (re-read on a reload).
+    pub balance: Balance,
     /// Accept-queue length passed to `listen(2)`.
     pub backlog: u32,
     /// Unprivileged user the workers switch to when the master runs as root.

@@ -12,7 +12,7 @@ use clap::Args as ClapArgs;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::socket::SocketMode;
+use crate::socket::{Balance, SocketMode};
 
 /// Declares the options struct and its merge, so a new option is written in one place.
 macro_rules! options {
@@ -69,6 +69,9 @@ options! {
         /// Listening sockets: per-worker (SO_REUSEPORT, kernel-balanced), shared, or per-worker-port (port + slot) [default: per-worker]
         #[arg(long, env = "CLUSTERD_SOCKETS", value_name = "MODE")]
         pub sockets: Option<SocketMode>,
+        /// How per-worker sockets share new connections: load (away from a worker that is stopped, stalled or backlogged, sampled every 50 ms) or hash (the connection's hash over every worker) [default: load]
+        #[arg(long, env = "CLUSTERD_BALANCE", value_name = "MODE")]
+        pub balance: Option<Balance>,
         /// Length of the listening socket's accept queue [default: 1024]
         #[arg(long, env = "CLUSTERD_BACKLOG", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535))]
         pub backlog: Option<u32>,

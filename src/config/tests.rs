@@ -150,6 +150,7 @@ fn every_default_in_help_is_the_one_applied() {
             "graceful_timeout" => shown == secs(c.graceful_timeout),
             "read_timeout" => shown == secs(c.read_timeout),
             "sockets" => shown == c.sockets.to_string(),
+            "balance" => shown == c.balance.to_string(),
             "backlog" => shown == c.backlog.to_string(),
             "data_dir" => {
                 shown == "$STATE_DIRECTORY, else ./clusterd-data"

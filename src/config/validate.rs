@@ -123,6 +123,7 @@ impl Config {
                 graceful_timeout: pick_secs("graceful-timeout", a.graceful_timeout, 30)?,
                 read_timeout: pick_secs("read-timeout", a.read_timeout, 10)?,
                 sockets: a.sockets.unwrap_or_default(),
+                balance: a.balance.unwrap_or_default(),
                 backlog,
                 user: a.user,
                 group: a.group,

@@ -8,10 +8,12 @@
 //!
 //! The decisions make no system call and read no clock: [`cluster`] (state, events),
 //! `command.rs` (operators' commands), [`manage`] (forks, surplus, rollouts), [`deadlines`] (kills, hangs, recycling, wake-ups),
-//! [`reload`], [`handover`] (what crosses an upgrade), [`table`], [`policy`], [`status`], [`report`].
+//! [`reload`], [`handover`] (what crosses an upgrade), [`table`], [`policy`], [`status`], [`report`],
+//! [`balance`] (which slots new connections avoid).
 //! The effects are here and in `apply.rs`: poll, fork, kill, exec, notify, `/proc`.
 
 mod apply;
+pub mod balance;
 pub mod clock;
 pub mod cluster;
 mod command;
@@ -51,7 +53,7 @@ use crate::config::ClusterConfig;
 use crate::process::{ProcessError, exit_code};
 use crate::scoreboard::Scoreboard;
 use crate::signals::Signals;
-use crate::socket::{SocketMode, Sockets};
+use crate::socket::{Balance, SocketMode, Sockets};
 use crate::systemd::Notifier;
 use crate::worker::WorkerApp;
 
@@ -109,6 +111,9 @@ pub struct Master<A: WorkerApp> {
     watch: Option<upgrade::watch::Watch>,
     /// When the workers were last observed.
     observed_at: Ms,
+    /// `--balance load`: what the slot samples decided, and when they were last taken.
+    balancer: balance::Balancer,
+    sampled_at: Ms,
     /// This image was started by an upgrade and adopted the previous image's workers.
     upgraded: bool,
 }
@@ -151,6 +156,8 @@ impl<A: WorkerApp> Master<A> {
             reload: None,
             watch: None,
             observed_at: Ms(0),
+            balancer: balance::Balancer::default(),
+            sampled_at: Ms(0),
             upgraded: false,
         })
     }
@@ -226,6 +233,7 @@ impl<A: WorkerApp> Master<A> {
             self.apply(todo, now);
             let mut todo = Vec::new();
             self.reap(now, &mut todo);
+            self.balance(now);
             let seen = self.observe(now);
             if let Some(seen) = &seen {
                 deadlines::recycle(&mut self.cluster, seen, now);
@@ -243,6 +251,9 @@ impl<A: WorkerApp> Master<A> {
             }
             let mut wake = deadlines::next_wakeup(&self.cluster, now)
                 .min(self.observed_at.plus(OBSERVE_EVERY));
+            if self.balancing() {
+                wake = wake.min(self.sampled_at.plus(balance::SAMPLE_EVERY));
+            }
             if let Some(every) = self.notifier.watchdog_interval() {
                 wake = wake.min(now.plus(every));
             }
@@ -263,6 +274,61 @@ impl<A: WorkerApp> Master<A> {
             |slot| sockets.queue(slot),
             now,
         ))
+    }
+
+    /// Whether new connections are steered by load: `--balance load` with a socket per worker.
+    fn balancing(&self) -> bool {
+        self.cluster.config.balance == Balance::Load
+            && self.sockets.mode() == SocketMode::PerWorker
+            && !self.cluster.stopping()
+    }
+
+    /// `--balance load`, every [`balance::SAMPLE_EVERY`]: samples the slots and steers new
+    /// connections away from those whose worker does not keep up (and back).
+    fn balance(&mut self, now: Ms) {
+        if !self.balancing() {
+            // A reload to `hash` (or a stop): every slot gets its share again.
+            self.sockets.avoid(&[]);
+            return;
+        }
+        if now < self.sampled_at.plus(balance::SAMPLE_EVERY) {
+            return;
+        }
+        self.sampled_at = now;
+        let sockets = &self.sockets;
+        let samples = observe::sample_slots(
+            &self.cluster.table,
+            self.board.board(),
+            |s| sockets.queue(s),
+            now,
+        );
+        let before = self.balancer.avoided().clone();
+        let after = self.balancer.decide(&samples).clone();
+        let slots: Vec<usize> = after.keys().copied().collect();
+        self.sockets.avoid(&slots);
+        // A stopped or stalled worker is news; a backlog comes and goes with bursts.
+        for (slot, why) in after.iter().filter(|(s, _)| !before.contains_key(s)) {
+            if *why == balance::Why::Backlogged {
+                tracing::debug!(
+                    slot,
+                    "steering new connections away from the slot: {}",
+                    why.as_str()
+                );
+            } else {
+                tracing::info!(
+                    slot,
+                    "steering new connections away from the slot: {}",
+                    why.as_str()
+                );
+            }
+        }
+        for (slot, why) in before.iter().filter(|(s, _)| !after.contains_key(s)) {
+            if *why == balance::Why::Backlogged {
+                tracing::debug!(slot, "the slot keeps up again: it gets new connections");
+            } else {
+                tracing::info!(slot, "the slot keeps up again: it gets new connections");
+            }
+        }
     }
 
     /// `--watch`, at each observation: a replaced binary that has settled is reloaded into.

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::balance::Sample;
 use super::clock::Ms;
 use super::event::Seen;
 use super::table::Table;
@@ -41,6 +42,37 @@ pub fn observe(
             }
         })
         .collect()
+}
+
+/// Every slot with a live worker, for `--balance load`: whether a worker of it runs and serves,
+/// the freshest heartbeat among those, and the slot's accept queue.
+pub fn sample_slots(
+    table: &Table,
+    board: Board,
+    queue: impl Fn(usize) -> Option<(u32, u32)>,
+    now: Ms,
+) -> Vec<Sample> {
+    let mut slots: std::collections::BTreeMap<usize, Sample> = Default::default();
+    for w in table.live().filter(|w| w.pid > 0) {
+        let s = slots.entry(w.slot).or_insert_with(|| Sample {
+            slot: w.slot,
+            stopped: true,
+            heartbeat_age_ms: None,
+            queue: queue(w.slot).map_or(0, |q| q.0),
+        });
+        if w.is_ready() && process_state(w.pid) != Some('T') {
+            s.stopped = false;
+            let age = w
+                .record
+                .and_then(|i| board.records.get(i))
+                .and_then(|r| r.heartbeat_age_ms(now.0));
+            s.heartbeat_age_ms = match (s.heartbeat_age_ms, age) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    slots.into_values().collect()
 }
 
 /// A process's state letter (R, S, T, ...), from /proc/PID/stat.

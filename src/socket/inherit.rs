@@ -97,6 +97,9 @@ impl Sockets {
             fallback,
             group: state.group,
             closing: state.closing,
+            // The previous image's program may avoid a slot: unknown, so the first
+            // `Sockets::avoid` re-steers whatever it decides.
+            avoided: None,
             next_serial: state.next_serial,
             steer: state.steer,
         })

@@ -99,6 +99,46 @@ impl std::fmt::Display for SocketMode {
     }
 }
 
+/// How new connections are spread over the slots' sockets in `per-worker` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// The connection's hash, over every live slot (blind to load).
+    Hash,
+    /// The hash over the slots whose worker keeps up: the master samples every worker every
+    /// 50 ms and steers new connections away from one that is stopped, stalled or backlogged.
+    #[default]
+    Load,
+}
+
+impl Balance {
+    /// The name used on the command line and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Hash => "hash",
+            Balance::Load => "load",
+        }
+    }
+}
+
+impl FromStr for Balance {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hash" => Ok(Balance::Hash),
+            "load" => Ok(Balance::Load),
+            _ => Err(format!("{s:?} is not one of load, hash")),
+        }
+    }
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A listening socket's accept queue from `TCP_INFO`: for a listener the kernel reports the
 /// connections waiting to be accepted as `tcpi_unacked` and the backlog as `tcpi_sacked`.
 pub fn accept_queue(listener: &TcpListener) -> Option<(u32, u32)> {
@@ -170,6 +210,10 @@ pub struct Sockets {
     /// Serials of sockets whose slot went away but that are still in the group (their worker
     /// drains them): no new connection is steered to them.
     closing: Vec<u64>,
+    /// Serials of sockets whose worker does not keep up (`--balance load`): no new connection
+    /// is steered to them while another socket can take it. `None`: not known (adopted from
+    /// the previous image, whose program is still attached).
+    avoided: Option<Vec<u64>>,
     next_serial: u64,
     /// Steering is on (per-worker mode, until attaching a program fails once).
     steer: bool,
@@ -203,6 +247,7 @@ impl Sockets {
             fallback: Vec::new(),
             group: Vec::new(),
             closing: Vec::new(),
+            avoided: Some(Vec::new()),
             next_serial: 1,
             steer: mode == SocketMode::PerWorker,
         }
@@ -380,6 +425,25 @@ impl Sockets {
         accept_queue(listener)
     }
 
+    /// Steers new connections away from the sockets of `slots` (and back to every other one),
+    /// in `per-worker` mode. Returns whether that changed the steering.
+    pub fn avoid(&mut self, slots: &[usize]) -> bool {
+        if self.mode != SocketMode::PerWorker || !self.fallback.is_empty() {
+            return false;
+        }
+        let mut serials: Vec<u64> = slots
+            .iter()
+            .filter_map(|s| self.slots.get(*s)?.as_ref().map(|e| e.serial))
+            .collect();
+        serials.sort_unstable();
+        if self.avoided.as_ref() == Some(&serials) {
+            return false;
+        }
+        self.avoided = Some(serials);
+        self.steer();
+        true
+    }
+
     /// Closes the master's copy of a slot's socket, because the slot goes away, after steering
     /// new connections away from it. Returns the socket's serial when one was closed: its
     /// worker is then the last holder and must retire it, and [`Sockets::gone`] takes the
@@ -408,6 +472,9 @@ impl Sockets {
             return;
         };
         self.closing.swap_remove(i);
+        if let Some(a) = &mut self.avoided {
+            a.retain(|s| *s != serial);
+        }
         if let Some(at) = self.group.iter().position(|s| *s == serial) {
             // The kernel fills the hole with its last socket; so does the mirror.
             self.group.swap_remove(at);

@@ -7,15 +7,28 @@ use super::*;
 
 impl Sockets {
     /// Attaches a program to the group that sends each new connection to a live slot's
-    /// socket, chosen by the connection's hash.
+    /// socket, chosen by the connection's hash, leaving out the avoided ones unless they are
+    /// all there is.
     pub(super) fn steer(&mut self) {
         if !self.steer {
             return;
         }
-        let active: Vec<u32> = (0..self.group.len())
-            .filter(|i| !self.closing.contains(&self.group[*i]))
+        let live = |i: &usize| !self.closing.contains(&self.group[*i]);
+        let mut active: Vec<u32> = (0..self.group.len())
+            .filter(live)
+            .filter(|i| {
+                self.avoided
+                    .as_ref()
+                    .is_none_or(|a| !a.contains(&self.group[*i]))
+            })
             .map(|i| i as u32)
             .collect();
+        if active.is_empty() {
+            active = (0..self.group.len())
+                .filter(live)
+                .map(|i| i as u32)
+                .collect();
+        }
         let Some(holder) = self
             .slots
             .iter()

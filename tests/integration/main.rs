@@ -16,6 +16,7 @@ mod operate;
 mod page;
 mod sentinel;
 mod sessions;
+mod steer;
 mod stores;
 mod systemd;
 mod upgrade;
