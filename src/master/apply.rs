@@ -251,6 +251,7 @@ impl<A: WorkerApp> Master<A> {
         state.board_fd = Some(self.board.fd());
         self.counters.mark_layout();
         state.counters_fd = Some(self.counters.fd());
+        state.table_fd = self.fdstore.as_ref().map(crate::socket::FdStore::table_fd);
         state.metrics_fd = self.metrics.as_ref().map(AsRawFd::as_raw_fd);
         state.image_fd = Some(image.as_raw_fd());
         // The control socket is close-on-exec: the new image binds its path anew.

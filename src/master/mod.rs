@@ -111,6 +111,8 @@ pub struct Master<A: WorkerApp> {
     watch: Option<upgrade::watch::Watch>,
     /// When the workers were last observed.
     observed_at: Ms,
+    /// systemd's descriptor store, kept in step with the socket table (under systemd).
+    fdstore: Option<crate::socket::FdStore>,
     /// `--balance load`: what the slot samples decided, and when they were last taken.
     balancer: balance::Balancer,
     sampled_at: Ms,
@@ -156,10 +158,17 @@ impl<A: WorkerApp> Master<A> {
             reload: None,
             watch: None,
             observed_at: Ms(0),
+            fdstore: None,
             balancer: balance::Balancer::default(),
             sampled_at: Ms(0),
             upgraded: false,
         })
+    }
+
+    /// Keeps the slot sockets and their table in systemd's descriptor store.
+    pub fn with_fdstore(mut self, fdstore: Option<crate::socket::FdStore>) -> Self {
+        self.fdstore = fdstore;
+        self
     }
 
     /// Answers `clusterd status|scale|reload` on this socket.
@@ -375,8 +384,11 @@ impl<A: WorkerApp> Master<A> {
         let _ = poll(&mut fds, PollTimeout::from(ms));
     }
 
-    /// The scoreboard's header, systemd's status line, the watchdog.
+    /// The scoreboard's header, systemd's status line, the watchdog, the descriptor store.
     fn report(&mut self) {
+        if let Some(f) = self.fdstore.as_mut() {
+            f.sync(&self.sockets);
+        }
         use std::sync::atomic::Ordering::Relaxed;
         let c = &self.cluster;
         let header = self.board.board().header;

@@ -44,9 +44,12 @@ pub(super) fn run<S: Service>(
 ) -> Result<(), Failure> {
     // Sockets from systemd (or from the previous image, after an upgrade) come first, before
     // any file is opened: their descriptors must not be confused with ours.
-    let passed = socket::from_systemd()
+    let from_systemd = socket::from_systemd()
         .context("adopting the systemd socket")
-        .map_err(fail(EXIT_CONFIG))?;
+        .map_err(fail(EXIT_CONFIG))?
+        .unwrap_or_default();
+    let mut passed = Some(from_systemd.activation).filter(|a| !a.is_empty());
+    let mut stored = from_systemd.stored;
     let inherited_sockets = match inherited.as_mut() {
         Some(state) => Some(
             state
@@ -70,8 +73,38 @@ pub(super) fn run<S: Service>(
         reloading: false,
     };
     let app = S::build(options, &setup).map_err(build_failed)?;
-    let sockets = match (inherited_sockets, passed) {
-        (Some(sockets), _) => {
+    // A previous master's sockets from the descriptor store, if they fit the configuration.
+    let mut stored_table = None;
+    let restored = match stored.as_mut() {
+        Some(stored) if inherited_sockets.is_none() => {
+            match restorable(stored, &cluster, passed.is_some()) {
+                Ok(table) => {
+                    stored_table = stored.table.take();
+                    Some(
+                        socket::Sockets::restore(table, stored, passed.take().unwrap_or_default())
+                            .context("restoring the stored sockets")
+                            .map_err(fail(1))?,
+                    )
+                }
+                Err(why) => {
+                    tracing::warn!("not restoring the previous master's sockets: {why}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    // What the store holds that this master does not use: closed, and taken out of it.
+    let stale: Vec<u64> = stored
+        .take()
+        .map(|s| s.sockets.into_keys().collect())
+        .unwrap_or_default();
+    let sockets = match (inherited_sockets, restored, passed) {
+        (None, Some(sockets), _) => {
+            tracing::info!(addr = %sockets.addr(), "serving on the previous master's sockets (systemd's descriptor store)");
+            sockets
+        }
+        (Some(sockets), _, _) => {
             let c = &cluster;
             if c.sockets != sockets.mode()
                 || (sockets.passed() == 0 && c.bind.port() != 0 && c.bind != sockets.addr())
@@ -82,7 +115,7 @@ pub(super) fn run<S: Service>(
             }
             sockets
         }
-        (None, Some(passed)) => {
+        (None, None, Some(passed)) => {
             let n = passed.len();
             let (sockets, note) = socket::Sockets::adopt(cluster.sockets, passed, cluster.backlog)
                 .context("adopting the systemd socket")
@@ -93,7 +126,7 @@ pub(super) fn run<S: Service>(
             }
             sockets
         }
-        (None, None) => socket::Sockets::bind(cluster.sockets, cluster.bind, cluster.backlog)
+        (None, None, None) => socket::Sockets::bind(cluster.sockets, cluster.bind, cluster.backlog)
             .context("opening the listening socket")
             .map_err(fail(1))?,
     };
@@ -135,13 +168,25 @@ pub(super) fn run<S: Service>(
         }
         _ => None,
     };
+    // The store keeps the table's memfd across an upgrade's exec too (in the upgrade state).
+    let table = stored_table.or_else(|| {
+        inherited
+            .as_mut()
+            .and_then(|s| s.table_fd.take())
+            .and_then(crate::fd::adopt)
+    });
+    let mut fdstore = socket::FdStore::open(table);
+    if let Some(f) = fdstore.as_mut() {
+        f.forget(stale);
+    }
     let mut master = Master::new(app, cluster, sockets)
         .context("starting the master")
         .map_err(fail(1))?
         .with_binary(binary)
         .with_watch(watch)
         .with_control(Some(control))
-        .with_metrics(metrics);
+        .with_metrics(metrics)
+        .with_fdstore(fdstore);
     if let Some(label) = label {
         master = master.with_health_label(label);
     }
@@ -156,6 +201,32 @@ pub(super) fn run<S: Service>(
             code: master::exit_code_for(&e) as u8,
             error: e.into(),
         })
+}
+
+/// The stored table, if its sockets are those the configuration asks for: the same layout and
+/// address (a socket unit's address is the unit's business).
+fn restorable(
+    stored: &socket::Stored,
+    cluster: &crate::config::ClusterConfig,
+    activated: bool,
+) -> Result<socket::Inherited, String> {
+    let table = stored.read_table().map_err(|e| e.to_string())?;
+    let (mode, addr) = table.layout();
+    if mode != cluster.sockets.as_str() {
+        return Err(format!(
+            "they are --sockets {mode}, the configuration says {}",
+            cluster.sockets
+        ));
+    }
+    let same_addr =
+        addr == cluster.bind || (cluster.bind.port() == 0 && addr.ip() == cluster.bind.ip());
+    if !activated && !same_addr {
+        return Err(format!(
+            "they are bound to {addr}, the configuration says {}",
+            cluster.bind
+        ));
+    }
+    Ok(table)
 }
 
 /// `--check-config`: everything `run` reads before it binds or writes, and nothing else. An

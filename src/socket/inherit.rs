@@ -14,19 +14,24 @@ use super::*;
 /// the same sockets, the same mirror of the kernel's group and the same steering.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Inherited {
-    mode: String,
-    addr: SocketAddr,
-    backlog: u32,
+    pub(super) mode: String,
+    pub(super) addr: SocketAddr,
+    pub(super) backlog: u32,
     /// Index = slot: (descriptor, passed by systemd, serial).
-    slots: Vec<Option<(RawFd, bool, u64)>>,
-    fallback: Vec<RawFd>,
-    group: Vec<u64>,
-    closing: Vec<u64>,
-    next_serial: u64,
-    steer: bool,
+    pub(super) slots: Vec<Option<(RawFd, bool, u64)>>,
+    pub(super) fallback: Vec<RawFd>,
+    pub(super) group: Vec<u64>,
+    pub(super) closing: Vec<u64>,
+    pub(super) next_serial: u64,
+    pub(super) steer: bool,
 }
 
 impl Inherited {
+    /// The layout's name and the address of slot 0.
+    pub fn layout(&self) -> (&str, SocketAddr) {
+        (&self.mode, self.addr)
+    }
+
     /// Every descriptor it names.
     pub fn fds(&self) -> Vec<RawFd> {
         let slots = self.slots.iter().flatten().map(|(fd, _, _)| *fd);

@@ -28,9 +28,11 @@
 mod activation;
 mod inherit;
 mod steer;
+mod store;
 
-pub use self::activation::from_systemd;
+pub use self::activation::{FromSystemd, from_systemd};
 pub use self::inherit::Inherited;
+pub use self::store::{FdStore, Stored};
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};

@@ -42,6 +42,33 @@ me_loop() {
     echo "$n $f" >/tmp/loop
 }
 gone() { for p in $1; do [ -d "/proc/$p" ] && return 1; done; return 0; }
+# conn_loop FILE: GET / on a fresh connection each time until /tmp/stop-loops exists; one line
+# per request: its start (ns) and its status (000: no answer: refused, reset, timed out).
+conn_loop() {
+    local out=$1 t
+    : >"$out"
+    while [ ! -e /tmp/stop-loops ]; do
+        t=$(date +%s%N)
+        echo "$t $(curl -s -o /dev/null -m 20 -w '%{http_code}' "$URL/")" >>"$out"
+    done
+}
+# under_loops COMMAND...: runs COMMAND while 3 request loops run (from 1 s before to 1.5 s after);
+# sets BEGAN (ns, just before COMMAND) and leaves the loops' lines in /tmp/conn.*.
+under_loops() {
+    rm -f /tmp/stop-loops /tmp/conn.*
+    local pids=()
+    for i in 1 2 3; do conn_loop "/tmp/conn.$i" & pids+=($!); done
+    sleep 1
+    BEGAN=$(date +%s%N)
+    "$@"
+    sleep 1.5
+    touch /tmp/stop-loops
+    wait "${pids[@]}"
+}
+# after BEGAN: "total failed" of the requests started at or after BEGAN; before: the same for
+# those started before it.
+after() { cat /tmp/conn.* | awk -v b="$BEGAN" '$1 >= b {n++; if ($2 != 200) f++} END {print n+0, f+0}'; }
+before() { cat /tmp/conn.* | awk -v b="$BEGAN" '$1 < b {n++; if ($2 != 200) f++} END {print n+0, f+0}'; }
 EXPECTED=$(nproc)
 
 # -- the units pass systemd-analyze verify with no output at all (typos only warn)
@@ -171,6 +198,37 @@ wait_for 20 "systemd restarting clusterd" restarted
 [ "$(systemctl show -p NRestarts --value clusterd)" -ge 1 ] || fail "NRestarts"
 [ "$(code -b /tmp/jar "$URL/me")" = 200 ] || fail "session lost across the master restart"
 ok "kill -9 master $first: restarted as $(main_pid), session still valid"
+
+# -- restarts that lose nothing: the master keeps its sockets in systemd's descriptor store, so
+# `systemctl restart` and a kill -9 of the master refuse and reset no connection opened after
+# they began (requests in flight on workers that systemd kills may fail: counted, not hidden)
+restart_and_wait() {
+    local was
+    was=$(main_pid)
+    systemctl restart clusterd
+    [ "$(main_pid)" != "$was" ] || fail "systemctl restart kept MainPID $was"
+}
+under_loops restart_and_wait
+read -r n f < <(after)
+read -r bn bf < <(before)
+[ "$n" -gt 20 ] || fail "the loops ran only $n requests after the restart began"
+[ "$f" = 0 ] || fail "$f of $n connections opened after systemctl restart began failed: $(cat /tmp/conn.* | awk -v b="$BEGAN" '$1 >= b && $2 != 200' | head -3)"
+journal_has "serving on the previous master's sockets" || fail "the new master did not take the stored sockets"
+ok "systemctl restart under 3 request loops: $n connections opened after it began, 0 failed (before it: $bf of $bn failed)"
+
+kill_master_and_wait() {
+    local was
+    was=$(main_pid)
+    kill -9 "$was"
+    back() { local p; p=$(main_pid); [ "$p" != 0 ] && [ "$p" != "$was" ] && [ "$(systemctl is-active clusterd)" = active ]; }
+    wait_for 20 "systemd restarting clusterd after kill -9" back
+}
+under_loops kill_master_and_wait
+read -r n f < <(after)
+read -r bn bf < <(before)
+[ "$n" -gt 20 ] || fail "the loops ran only $n requests after the kill"
+[ "$f" = 0 ] || fail "$f of $n connections opened after the kill -9 failed: $(cat /tmp/conn.* | awk -v b="$BEGAN" '$1 >= b && $2 != 200' | head -3)"
+ok "kill -9 of the master under 3 request loops: $n connections opened after it, 0 failed (before it: $bf of $bn failed)"
 
 # -- socket activation: systemd owns the socket, the master adopts it
 systemctl stop clusterd

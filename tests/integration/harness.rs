@@ -393,6 +393,9 @@ pub struct Opts {
     pub ipv6: bool,
     /// A descriptor of the test's to hand over as fd 3 (playing systemd's socket activation).
     pub fd3: Option<std::os::fd::RawFd>,
+    /// Descriptors of the test's to hand over as fds 3, 4, ... (playing systemd's descriptor
+    /// store).
+    pub fds: Vec<std::os::fd::RawFd>,
     /// The executable to run instead of the one cargo built (a copy, for upgrades).
     pub binary: Option<PathBuf>,
     /// Leave the control socket where clusterd puts it by default (learnt from its log).
@@ -409,6 +412,7 @@ impl Default for Opts {
             port: None,
             wait_ready: true,
             wrapper: Vec::new(),
+            fds: Vec::new(),
             ipv6: false,
             fd3: None,
             binary: None,
@@ -446,6 +450,17 @@ impl Opts {
         self.port = Some(p);
         self
     }
+    /// Hands `fds` over as fds 3, 4, ... with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`
+    /// (through `sh`, which knows the pid it execs as), as systemd passes its descriptor store.
+    pub fn listen_fds(mut self, fds: &[(String, std::os::fd::RawFd)]) -> Self {
+        self.fds = fds.iter().map(|(_, fd)| *fd).collect();
+        let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+        self = self
+            .env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+        self.wrapped(&["sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+    }
+
     pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
         self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
         self
@@ -538,10 +553,26 @@ impl Clusterd {
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent. If the test
         // process dies without running Drop (killed), its clusterd goes with it.
         let fd3 = opts.fd3;
+        let fds = opts.fds.clone();
         // SAFETY (also for dup2): both are async-signal-safe system calls on descriptors the
         // child owns.
         unsafe {
             cmd.pre_exec(move || {
+                // Out of the way first (a source may sit where another goes), then into place;
+                // dup2 clears close-on-exec on the copies.
+                let mut high = Vec::with_capacity(fds.len());
+                for fd in &fds {
+                    let h = nix::libc::fcntl(*fd, nix::libc::F_DUPFD_CLOEXEC, 1000);
+                    if h < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    high.push(h);
+                }
+                for (i, h) in high.iter().enumerate() {
+                    if nix::libc::dup2(*h, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if let Some(fd) = fd3 {
                     // dup2 clears close-on-exec on the copy, so the socket crosses exec as fd 3;
                     // if it already is fd 3, dup2 does nothing and the flag is cleared by hand.

@@ -2,7 +2,7 @@
 //! `NOTIFY_SOCKET`, reading each sender's credentials), socket activation through
 //! `systemd-socket-activate`, and the privilege drop when started as root.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,11 +16,41 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(15);
 
-/// A fake service manager: collects (sender pid, datagram) pairs.
+/// A fake service manager: collects (sender pid, datagram) pairs, and keeps a descriptor store
+/// as systemd does (`FDSTORE=1` with `FDNAME=`, `FDSTOREREMOVE=1`, duplicates ignored).
 pub struct Manager {
     pub path: std::path::PathBuf,
     messages: Arc<Mutex<Vec<(i32, String)>>>,
+    store: Arc<Mutex<Vec<(String, OwnedFd)>>>,
     _dir: TempDir,
+}
+
+/// The same open file (what systemd's store checks before keeping a descriptor twice).
+fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+    let (a, b) = (
+        nix::sys::stat::fstat(a).unwrap(),
+        nix::sys::stat::fstat(b).unwrap(),
+    );
+    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+}
+
+/// What a notification does to the store.
+fn keep(store: &mut Vec<(String, OwnedFd)>, text: &str, fds: Vec<OwnedFd>) {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_string)
+    };
+    let name = field("FDNAME=").unwrap_or_else(|| "stored".into());
+    if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+        store.retain(|(n, _)| *n != name);
+    } else if text.lines().any(|l| l == "FDSTORE=1") {
+        for fd in fds {
+            if !store.iter().any(|(_, kept)| same_file(kept, &fd)) {
+                store.push((name.clone(), fd));
+            }
+        }
+    }
 }
 
 impl Manager {
@@ -34,13 +64,15 @@ impl Manager {
             .unwrap();
         let messages = Arc::new(Mutex::new(Vec::new()));
         let out = Arc::clone(&messages);
+        let store = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&store);
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             // Bounded: the thread ends with the test process at the latest after two minutes.
             let end = Instant::now() + Duration::from_secs(120);
             while Instant::now() < end {
                 let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-                let mut space = nix::cmsg_space!(UnixCredentials);
+                let mut space = nix::cmsg_space!(UnixCredentials, [RawFd; 16]);
                 let Ok(msg) = recvmsg::<()>(
                     sock.as_raw_fd(),
                     &mut iov,
@@ -50,21 +82,43 @@ impl Manager {
                     continue;
                 };
                 let mut pid = 0;
+                let mut fds = Vec::new();
                 for c in msg.cmsgs().into_iter().flatten() {
-                    if let ControlMessageOwned::ScmCredentials(cred) = c {
-                        pid = cred.pid();
+                    match c {
+                        ControlMessageOwned::ScmCredentials(cred) => pid = cred.pid(),
+                        // SAFETY: the kernel just installed these descriptors in this process
+                        // for this message; nothing else owns them.
+                        ControlMessageOwned::ScmRights(rights) => fds.extend(
+                            rights
+                                .into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        ),
+                        _ => {}
                     }
                 }
                 let n = msg.bytes;
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                keep(&mut kept.lock().unwrap(), &text, fds);
                 out.lock().unwrap().push((pid, text));
             }
         });
         Manager {
             path,
             messages,
+            store,
             _dir: dir,
         }
+    }
+
+    /// The store's names and descriptors, in the order they were stored (as systemd passes
+    /// them: `LISTEN_FDNAMES`, fds from 3).
+    pub fn stored(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        self.store
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, fd)| (n.clone(), fd.as_raw_fd()))
+            .collect()
     }
 
     pub fn all(&self) -> Vec<(i32, String)> {
@@ -332,4 +386,67 @@ fn workers_drop_to_the_given_user_with_no_capabilities() {
         "workers gone after the master's SIGKILL",
         || workers.iter().all(|w| !alive(*w)).then_some(()),
     );
+}
+
+#[test]
+fn a_master_killed_with_sigkill_comes_back_on_the_sockets_the_store_kept() {
+    let m = Manager::start();
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .no_wait()
+            .env("NOTIFY_SOCKET", m.path.to_str().unwrap()),
+    );
+    m.wait(0, "READY=1");
+    m.wait(0, "FDNAME=clusterd-table");
+    let stored = m.stored();
+    let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 3, "two slot sockets and the table: {names:?}");
+    assert!(names.contains(&"clusterd-table"), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("clusterd-s")).count(),
+        2,
+        "{names:?}"
+    );
+    let workers = c.workers();
+    signal(c.pid(), Signal::SIGKILL);
+    eventually(T, "the old workers gone", || {
+        workers.iter().all(|p| !exists(*p)).then_some(())
+    });
+    // Nobody serves now; the sockets live on in the store, so connections made meanwhile wait
+    // in their queues instead of being refused.
+    let addr = c.addr;
+    let waiting: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || request(addr, "GET", "/healthz", &[], b"")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The next master, as systemd starts it after a crash: the store's descriptors as fds 3...
+    let next = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .port(c.port)
+            .env("NOTIFY_SOCKET", m.path.to_str().unwrap())
+            .listen_fds(&stored),
+    );
+    assert!(
+        next.log_text()
+            .contains("serving on the previous master's sockets"),
+        "{}",
+        next.log_text()
+    );
+    let fresh = next.workers();
+    let mut answered = std::collections::HashSet::new();
+    for h in waiting {
+        let r = h.join().unwrap().expect("answered, not refused or reset");
+        assert_eq!(r.status, 200);
+        answered.insert(r.json()["worker_pid"].as_i64().unwrap() as i32);
+    }
+    assert!(
+        answered.iter().all(|p| fresh.contains(p)),
+        "{answered:?} {fresh:?}"
+    );
+    // It stores nothing twice: the same three descriptors.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(m.stored().len(), 3, "{:?}", m.stored());
+    assert_eq!(next.get("/healthz").status, 200);
 }

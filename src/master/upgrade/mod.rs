@@ -169,6 +169,10 @@ pub struct State {
     /// The app counters' memfd (none from a release before them).
     #[serde(default)]
     pub counters_fd: Option<RawFd>,
+    /// The socket table's memfd in systemd's descriptor store (none outside systemd, or from a
+    /// release before it).
+    #[serde(default)]
+    pub table_fd: Option<RawFd>,
     /// The master that wrote it: a state is only good in the same process.
     pub master_pid: i32,
     /// The descriptor the new image was executed from, which it closes.
@@ -187,6 +191,7 @@ impl State {
             board_fd: None,
             metrics_fd: None,
             counters_fd: None,
+            table_fd: None,
             master_pid: std::process::id() as i32,
             image_fd: None,
         }
@@ -205,6 +210,7 @@ impl State {
         fds.extend(self.board_fd);
         fds.extend(self.metrics_fd);
         fds.extend(self.counters_fd);
+        fds.extend(self.table_fd);
         fds.extend(self.image_fd);
         fds.extend(self.pipes.iter().map(|(_, fd)| *fd));
         fds
