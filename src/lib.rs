@@ -131,6 +131,7 @@ pub mod app;
 pub mod config;
 pub mod counter;
 pub mod fd;
+pub mod history;
 pub mod log;
 pub mod master;
 pub mod metrics;

@@ -123,7 +123,8 @@ pub fn init(format: Format) {
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry()
         .with(ExpectedAcceptError)
-        .with(filter);
+        .with(filter)
+        .with(crate::history::EventLayer);
     let _ = match format {
         Format::Plain => registry
             .with(layer.event_format(Line {

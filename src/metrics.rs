@@ -55,6 +55,7 @@ pub fn serve(
             ))
             .route("/metrics", web::get().to(metrics))
             .route("/status.json", web::get().to(status_json))
+            .route("/history.json", web::get().to(history_json))
             .route("/", web::get().to(dashboard))
             .default_service(web::to(|| async { HttpResponse::NotFound().finish() }))
     })
@@ -101,6 +102,50 @@ async fn status_json() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(status(board))
+}
+
+/// The last 5 minutes (a point a second, oldest first) for the cluster and each slot that
+/// served in them, and the master's last events (newest first).
+async fn history_json() -> HttpResponse {
+    let Some(history) = crate::history::get() else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(history_document(history))
+}
+
+/// The history as the dashboard reads it.
+pub fn history_document(history: crate::history::History) -> serde_json::Value {
+    use crate::history::Figures;
+    let series = |points: &[Figures]| {
+        let ms = |us: Option<u32>| us.map(|us| f64::from(us) / 1000.0);
+        serde_json::json!({
+            "rps": points.iter().map(|f| f.requests).collect::<Vec<_>>(),
+            "p50_ms": points.iter().map(|f| ms(f.p50_us)).collect::<Vec<_>>(),
+            "p99_ms": points.iter().map(|f| ms(f.p99_us)).collect::<Vec<_>>(),
+            "queue": points.iter().map(|f| f.queue).collect::<Vec<_>>(),
+        })
+    };
+    let (cluster, slots) = history.points();
+    serde_json::json!({
+        "interval_s": 1,
+        "points": cluster.len(),
+        "cluster": series(&cluster),
+        "slots": slots
+            .iter()
+            .map(|(slot, points)| {
+                let mut s = series(points);
+                s["slot"] = serde_json::json!(slot);
+                s
+            })
+            .collect::<Vec<_>>(),
+        "events": history
+            .events()
+            .into_iter()
+            .map(|(at_ms, text)| serde_json::json!({ "at_ms": at_ms, "text": text }))
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// What the dashboard shows, read from the scoreboard.

@@ -99,6 +99,9 @@ pub struct Master<A: WorkerApp> {
     notifier: Notifier,
     board: Scoreboard,
     counters: crate::counter::Slab,
+    /// The dashboard's last 5 minutes and events, and what takes its points.
+    history: crate::history::Memory,
+    sampler: crate::history::Sampler,
     pipes: Pipes,
     control: Option<Control>,
     metrics: Option<std::net::TcpListener>,
@@ -140,6 +143,7 @@ impl<A: WorkerApp> Master<A> {
         let board = Scoreboard::create(2 * config.max_workers.max(min_workers) + 2)?;
         let capacity = board.board().records.len();
         let counters = crate::counter::Slab::create(capacity)?;
+        let history = crate::history::Memory::create(capacity)?;
         Ok(Master {
             apps: [(0, app)].into(),
             cluster: Cluster::new(config, min_workers, capacity, Ms::now()),
@@ -149,6 +153,8 @@ impl<A: WorkerApp> Master<A> {
             notifier: Notifier::from_env(),
             board,
             counters,
+            history,
+            sampler: crate::history::Sampler::default(),
             pipes: Pipes::default(),
             control: None,
             metrics: None,
@@ -243,6 +249,8 @@ impl<A: WorkerApp> Master<A> {
             let mut todo = Vec::new();
             self.reap(now, &mut todo);
             self.balance(now);
+            self.sampler
+                .tick(self.board.board(), self.history.history(), now.0);
             let seen = self.observe(now);
             if let Some(seen) = &seen {
                 deadlines::recycle(&mut self.cluster, seen, now);

@@ -188,6 +188,7 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
 
     crate::scoreboard::set_mine(spec.board, spec.record);
     crate::counter::set_mine(spec.counters, spec.record);
+    crate::history::in_worker();
     client::set_trusted(spec.trusted_proxies.clone());
     if let Some(r) = crate::scoreboard::mine() {
         r.pid.store(pid as i32, Ordering::Relaxed);

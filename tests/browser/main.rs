@@ -163,6 +163,19 @@ async fn fill_login(client: &Client, user: &str, password: &str) {
     }
 }
 
+/// Waits (10 s at most) until the text of `css` satisfies `done`; returns it.
+async fn eventually_async(client: &Client, css: &str, done: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..40 {
+        last = text(client, css).await;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{css} never matched: {last}");
+}
+
 async fn screenshot(client: &Client, name: &str) {
     if let Some(dir) = std::env::var_os("CLUSTERD_SCREENSHOTS") {
         let png = client.screenshot().await.unwrap();
@@ -239,6 +252,20 @@ fn sign_in_through_the_form_stay_signed_in_on_reload_and_log_out() {
     });
 }
 
+/// The `data-points` (values drawn) of the first line of a chart, read in one script (the
+/// page redraws its charts every 2 s, which would make a found element stale).
+async fn drawn(client: &Client, css: &str) -> usize {
+    let script =
+        "const e = document.querySelector(arguments[0]); return e ? e.dataset.points : null";
+    client
+        .execute(script, vec![serde_json::json!(css)])
+        .await
+        .unwrap()
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn the_dashboard_lists_every_live_worker() {
     let port = free_port();
@@ -248,9 +275,18 @@ fn the_dashboard_lists_every_live_worker() {
             .arg("--metrics-bind")
             .arg(format!("127.0.0.1:{port}")),
     );
-    for _ in 0..50 {
-        request(c.addr, "GET", "/healthz", &[], b"").unwrap();
-    }
+    // Traffic over a few seconds: the charts get points.
+    let addr = c.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = request(addr, "GET", "/healthz", &[], b"");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
     let driver = Driver::start();
     let profile = TempDir::new("chromium");
     block_on(async {
@@ -278,7 +314,33 @@ fn the_dashboard_lists_every_live_worker() {
                 .await
                 .unwrap_or_else(|e| panic!("worker {pid} on the dashboard: {e}"));
         }
-        // Give the table a second turn so the req/s column is filled in for the screenshot.
+        // The history: the cluster's charts have points, each worker row its three sparklines,
+        // and the events name the death and the respawn with their reasons.
+        let mut points = 0;
+        for _ in 0..40 {
+            points = drawn(&b, "#chart-rps path").await;
+            if points >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(points >= 3, "the requests chart drew {points} points");
+        assert!(drawn(&b, "#chart-latency path").await >= 1);
+        let events = eventually_async(&b, "#events", |t| {
+            t.contains("worker died") && t.contains(&format!("pid={victim}"))
+        })
+        .await;
+        assert!(events.contains("worker started"), "{events}");
+        let sparks = b
+            .find_all(Locator::Css("#workers svg.spark"))
+            .await
+            .unwrap();
+        assert_eq!(sparks.len(), 3 * 3, "three sparklines per worker");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap();
+        // Give the table a second turn so the req/s column is filled in for the screenshot, in
+        // a window tall enough for the charts, the table and the events.
+        b.set_window_size(1400, 1000).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1200)).await;
         screenshot(&b, "dashboard.png").await;
         let severe = driver.severe(&b).await;
