@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::scoreboard::{Board, BoardError, DURATION_BUCKETS, map_shared, sealed_memfd};
 
-/// Points kept: 5 minutes at one a second.
-pub const POINTS: usize = 300;
-/// Events kept.
-pub const EVENTS: usize = 20;
+/// Points kept (one more than shown: the place being overwritten): 5 minutes at one a second.
+pub const POINTS: usize = 301;
+/// Events kept (one more than shown: the place being overwritten).
+pub const EVENTS: usize = 21;
 /// Bytes of an event's text.
 const EVENT_TEXT: usize = 31 * 8;
 /// A latency that was not measured (no request in that second).
@@ -166,7 +166,9 @@ impl History {
     /// The points kept, oldest first: the cluster's, and each slot's that served in them.
     pub fn points(&self) -> (Vec<Figures>, Vec<(usize, Vec<Figures>)>) {
         let written = self.header.points.load(Ordering::Acquire) as usize;
-        let n = written.min(POINTS);
+        // The oldest place is the next one the master overwrites: left out, so a point is
+        // never read half written.
+        let n = written.min(POINTS - 1);
         let order = |series: &Series| -> Vec<Figures> {
             (written - n..written)
                 .map(|i| series[i % POINTS].get())
@@ -207,7 +209,8 @@ impl History {
     /// The events kept, newest first: (Unix ms, text).
     pub fn events(&self) -> Vec<(u64, String)> {
         let n = self.header.events.load(Ordering::Acquire);
-        (n.saturating_sub(EVENTS as u64)..n)
+        // As for the points: the oldest place is the next one overwritten.
+        (n.saturating_sub(EVENTS as u64 - 1)..n)
             .rev()
             .map(|i| {
                 let e = &self.events[i as usize % EVENTS];
@@ -231,6 +234,11 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// When the next point is due (on the scoreboard's clock, ms).
+    pub fn next_ms(&self) -> u64 {
+        self.at_ms + 1000
+    }
+
     /// Takes a point if a second has passed since the last one (`now_ms` on the scoreboard's
     /// clock).
     pub fn tick(&mut self, board: Board, history: History, now_ms: u64) {
@@ -425,20 +433,18 @@ mod tests {
             h.push(f, &[(1, f)]);
         }
         let (cluster, slots) = h.points();
-        assert_eq!(cluster.len(), POINTS);
-        assert_eq!(
-            (cluster[0].requests, cluster[POINTS - 1].requests),
-            (5, 304)
-        );
+        // 306 points written, 300 shown (the place being overwritten is not).
+        assert_eq!(cluster.len(), 300);
+        assert_eq!((cluster[0].requests, cluster[299].requests), (6, 305));
         assert_eq!(slots.len(), 1, "slot 0 never served");
         assert_eq!(slots[0].0, 1);
         for i in 0..25 {
             h.note(&format!("event {i} {}", "é".repeat(100)));
         }
         let events = h.events();
-        assert_eq!(events.len(), EVENTS);
+        assert_eq!(events.len(), 20);
         assert!(events[0].1.starts_with("event 24 "), "{:?}", events[0]);
-        assert!(events[EVENTS - 1].1.starts_with("event 5 "));
+        assert!(events[19].1.starts_with("event 5 "));
         assert!(events[0].1.len() <= EVENT_TEXT);
     }
 }

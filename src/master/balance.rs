@@ -62,8 +62,10 @@ impl Balancer {
         &self.avoided
     }
 
-    /// The slots to avoid after these samples (every live slot, one each), with why. Never all
-    /// of them: when no slot keeps up, the hash over every slot is the best there is.
+    /// The slots to avoid after these samples (every open slot, one each), with why. Never all
+    /// of them: when no slot keeps up, the hash over every slot is the best there is. And at
+    /// most half of them for a backlog: under an overload every queue grows, and steering the
+    /// whole load onto the rest would only move the backlog there.
     pub fn decide(&mut self, samples: &[Sample]) -> &BTreeMap<usize, Why> {
         let mut avoid = BTreeMap::new();
         for s in samples {
@@ -88,6 +90,16 @@ impl Balancer {
             }
         }
         self.queues = samples.iter().map(|s| (s.slot, s.queue)).collect();
+        let mut backlogged: Vec<(u32, usize)> = samples
+            .iter()
+            .filter(|s| avoid.get(&s.slot) == Some(&Why::Backlogged))
+            .map(|s| (s.queue, s.slot))
+            .collect();
+        // The longest queues stay avoided, up to half of the slots.
+        backlogged.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, slot) in backlogged.iter().skip(samples.len() / 2) {
+            avoid.remove(slot);
+        }
         if avoid.len() >= samples.len() {
             avoid.clear();
         }
@@ -149,6 +161,21 @@ mod tests {
         assert!(slots(&mut b, &[sample(0, 1), sample(1, 0)]).is_empty());
         // A short queue that grows is no backlog.
         assert!(slots(&mut b, &[sample(0, 4), sample(1, 0)]).is_empty());
+    }
+
+    #[test]
+    fn an_overload_backlogs_at_most_half_of_the_slots() {
+        let mut b = Balancer::default();
+        let q = |n: [u32; 4]| {
+            [
+                sample(0, n[0]),
+                sample(1, n[1]),
+                sample(2, n[2]),
+                sample(3, n[3]),
+            ]
+        };
+        b.decide(&q([10, 10, 10, 10]));
+        assert_eq!(slots(&mut b, &q([20, 12, 30, 15])), vec![0, 2]);
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub struct Master<A: WorkerApp> {
     observed_at: Ms,
     /// systemd's descriptor store, kept in step with the socket table (under systemd).
     fdstore: Option<crate::socket::FdStore>,
+    /// The worker count to scale to once the slots restored from the store all serve.
+    scale_after_restore: Option<usize>,
     /// `--balance load`: what the slot samples decided, and when they were last taken.
     balancer: balance::Balancer,
     sampled_at: Ms,
@@ -165,10 +167,23 @@ impl<A: WorkerApp> Master<A> {
             watch: None,
             observed_at: Ms(0),
             fdstore: None,
+            scale_after_restore: None,
             balancer: balance::Balancer::default(),
             sampled_at: Ms(0),
             upgraded: false,
         })
+    }
+
+    /// Starts with a worker for each of `slots` slots whose sockets came back from the
+    /// descriptor store, if that is more than configured; the count goes back to the configured
+    /// one once they all serve.
+    pub fn with_restored_slots(mut self, slots: Option<usize>) -> Self {
+        let configured = self.cluster.target;
+        if let Some(n) = slots.filter(|n| *n > configured) {
+            self.cluster.target = self.cluster.clamp(n, "the restored sockets");
+            self.scale_after_restore = Some(configured);
+        }
+        self
     }
 
     /// Keeps the slot sockets and their table in systemd's descriptor store.
@@ -248,6 +263,18 @@ impl<A: WorkerApp> Master<A> {
             self.apply(todo, now);
             let mut todo = Vec::new();
             self.reap(now, &mut todo);
+            if let Some(n) = self.scale_after_restore
+                && self.cluster.table.ready() >= self.cluster.target
+                && !self.cluster.reloading()
+            {
+                self.scale_after_restore = None;
+                tracing::info!(
+                    from = self.cluster.target,
+                    to = n,
+                    "every restored socket was served; back to the configured worker count"
+                );
+                self.cluster.command(Command::Scale(n), now, &mut todo);
+            }
             self.balance(now);
             self.sampler
                 .tick(self.board.board(), self.history.history(), now.0);
@@ -271,6 +298,8 @@ impl<A: WorkerApp> Master<A> {
             if self.balancing() {
                 wake = wake.min(self.sampled_at.plus(balance::SAMPLE_EVERY));
             }
+            // The dashboard's point a second.
+            wake = wake.min(Ms(self.sampler.next_ms()).max(now));
             if let Some(every) = self.notifier.watchdog_interval() {
                 wake = wake.min(now.plus(every));
             }
@@ -313,8 +342,10 @@ impl<A: WorkerApp> Master<A> {
         }
         self.sampled_at = now;
         let sockets = &self.sockets;
+        let open = sockets.open_slots();
         let samples = observe::sample_slots(
             &self.cluster.table,
+            &open,
             self.board.board(),
             |s| sockets.queue(s),
             now,

@@ -44,22 +44,33 @@ pub fn observe(
         .collect()
 }
 
-/// Every slot with a live worker, for `--balance load`: whether a worker of it runs and serves,
-/// the freshest heartbeat among those, and the slot's accept queue.
+/// Every open slot, for `--balance load`: whether a worker of it runs and serves (a slot
+/// with none, its worker dead and not yet replaced, counts as stopped), the freshest heartbeat
+/// among those, and the slot's accept queue.
 pub fn sample_slots(
     table: &Table,
+    open: &[usize],
     board: Board,
     queue: impl Fn(usize) -> Option<(u32, u32)>,
     now: Ms,
 ) -> Vec<Sample> {
-    let mut slots: std::collections::BTreeMap<usize, Sample> = Default::default();
+    let mut slots: std::collections::BTreeMap<usize, Sample> = open
+        .iter()
+        .map(|&slot| {
+            let queue = queue(slot).map_or(0, |q| q.0);
+            let s = Sample {
+                slot,
+                stopped: true,
+                heartbeat_age_ms: None,
+                queue,
+            };
+            (slot, s)
+        })
+        .collect();
     for w in table.live().filter(|w| w.pid > 0) {
-        let s = slots.entry(w.slot).or_insert_with(|| Sample {
-            slot: w.slot,
-            stopped: true,
-            heartbeat_age_ms: None,
-            queue: queue(w.slot).map_or(0, |q| q.0),
-        });
+        let Some(s) = slots.get_mut(&w.slot) else {
+            continue;
+        };
         if w.is_ready() && process_state(w.pid) != Some('T') {
             s.stopped = false;
             let age = w

@@ -75,16 +75,17 @@ pub(super) fn run<S: Service>(
     let app = S::build(options, &setup).map_err(build_failed)?;
     // A previous master's sockets from the descriptor store, if they fit the configuration.
     let mut stored_table = None;
+    let mut stale = Vec::new();
     let restored = match stored.as_mut() {
         Some(stored) if inherited_sockets.is_none() => {
-            match restorable(stored, &cluster, passed.is_some()) {
-                Ok(table) => {
+            let activated = passed.as_ref().map_or(0, Vec::len);
+            match restorable(stored, &cluster, activated).and_then(|t| {
+                socket::Sockets::restore(t, stored, passed.take().unwrap_or_default())
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(sockets) => {
                     stored_table = stored.table.take();
-                    Some(
-                        socket::Sockets::restore(table, stored, passed.take().unwrap_or_default())
-                            .context("restoring the stored sockets")
-                            .map_err(fail(1))?,
-                    )
+                    Some(sockets)
                 }
                 Err(why) => {
                     tracing::warn!("not restoring the previous master's sockets: {why}");
@@ -94,11 +95,19 @@ pub(super) fn run<S: Service>(
         }
         _ => None,
     };
-    // What the store holds that this master does not use: closed, and taken out of it.
-    let stale: Vec<u64> = stored
-        .take()
-        .map(|s| s.sockets.into_keys().collect())
-        .unwrap_or_default();
+    // What the store holds that this master does not use: shut down (so it leaves the group
+    // and its address can be bound), closed, and taken out of the store.
+    if let Some(stored) = stored.take() {
+        stale.extend(stored.sockets.keys().copied());
+        stale.extend(stored.broken.iter().copied());
+        socket::shut_stale(stored.sockets.into_values());
+    }
+    // Slots the restored table has sockets for: each gets a worker first (what is queued on
+    // its socket is served), and a larger count than configured then scales down the usual
+    // way, which steers away from a retiring slot and drains it.
+    let restored_slots = restored
+        .as_ref()
+        .and_then(|s| s.open_slots().last().map(|last| last + 1));
     let sockets = match (inherited_sockets, restored, passed) {
         (None, Some(sockets), _) => {
             tracing::info!(addr = %sockets.addr(), "serving on the previous master's sockets (systemd's descriptor store)");
@@ -186,7 +195,8 @@ pub(super) fn run<S: Service>(
         .with_watch(watch)
         .with_control(Some(control))
         .with_metrics(metrics)
-        .with_fdstore(fdstore);
+        .with_fdstore(fdstore)
+        .with_restored_slots(restored_slots);
     if let Some(label) = label {
         master = master.with_health_label(label);
     }
@@ -208,7 +218,7 @@ pub(super) fn run<S: Service>(
 fn restorable(
     stored: &socket::Stored,
     cluster: &crate::config::ClusterConfig,
-    activated: bool,
+    activated: usize,
 ) -> Result<socket::Inherited, String> {
     let table = stored.read_table().map_err(|e| e.to_string())?;
     let (mode, addr) = table.layout();
@@ -220,10 +230,16 @@ fn restorable(
     }
     let same_addr =
         addr == cluster.bind || (cluster.bind.port() == 0 && addr.ip() == cluster.bind.ip());
-    if !activated && !same_addr {
+    if activated == 0 && !same_addr {
         return Err(format!(
             "they are bound to {addr}, the configuration says {}",
             cluster.bind
+        ));
+    }
+    let wanted = socket::Sockets::passed_in(&table);
+    if activated < wanted {
+        return Err(format!(
+            "the table names {wanted} sockets of the socket unit, which passed {activated}"
         ));
     }
     Ok(table)

@@ -67,12 +67,24 @@ pub fn from_systemd() -> Result<Option<FromSystemd>, SocketError> {
         // sockets before it opens any file.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         if name == super::store::TABLE_NAME {
+            // Kept from the children (a configuration check) like every descriptor of ours.
+            let _ = nix::fcntl::fcntl(
+                &owned,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            stored.tables += 1;
             stored.table = Some(owned);
             continue;
         }
         let socket = Socket::from(owned);
         let ok =
             socket.r#type().ok() == Some(Type::STREAM) && socket.is_listener().unwrap_or(false);
+        // A stored socket that is no longer a listener (shut down meanwhile) is the previous
+        // master's leftover, not a mistake in the unit: dropped, and taken out of the store.
+        if let (false, Some(serial)) = (ok, super::store::stored_serial(name)) {
+            stored.broken.push(serial);
+            continue;
+        }
         if !ok {
             return Err(SocketError::Activation(format!(
                 "fd {fd} is not a listening stream socket"
@@ -86,6 +98,8 @@ pub fn from_systemd() -> Result<Option<FromSystemd>, SocketError> {
             out.activation.push(socket.into());
         }
     }
-    out.stored = (stored.table.is_some() || !stored.sockets.is_empty()).then_some(stored);
+    out.stored =
+        (stored.table.is_some() || !stored.sockets.is_empty() || !stored.broken.is_empty())
+            .then_some(stored);
     Ok(Some(out))
 }

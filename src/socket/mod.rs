@@ -32,7 +32,7 @@ mod store;
 
 pub use self::activation::{FromSystemd, from_systemd};
 pub use self::inherit::Inherited;
-pub use self::store::{FdStore, Stored};
+pub use self::store::{FdStore, Stored, shut_stale};
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};

@@ -33,13 +33,24 @@ fn socket_name(serial: u64) -> String {
 pub struct Stored {
     /// The table's memfd.
     pub table: Option<OwnedFd>,
+    /// How many descriptors were named as the table (more than one: which is current is not
+    /// known, and nothing is restored).
+    pub tables: usize,
     /// Its slot sockets, by serial.
     pub sockets: BTreeMap<u64, TcpListener>,
+    /// Serials of stored descriptors that are no longer listening sockets.
+    pub broken: Vec<u64>,
 }
 
 impl Stored {
     /// The table the previous master wrote last.
     pub fn read_table(&self) -> Result<Inherited, SocketError> {
+        if self.tables > 1 {
+            return Err(SocketError::Activation(format!(
+                "{} stored tables: which is current is not known",
+                self.tables
+            )));
+        }
         let fd = self
             .table
             .as_ref()
@@ -60,6 +71,16 @@ impl Stored {
 }
 
 impl Sockets {
+    /// How many of the table's slots had a socket unit's socket.
+    pub fn passed_in(table: &Inherited) -> usize {
+        table.slots.iter().flatten().filter(|e| e.1).count()
+            + if table.fallback.is_empty() {
+                0
+            } else {
+                table.fallback.len()
+            }
+    }
+
     /// Rebuilds the table a previous master stored, on its own sockets (by serial) and the
     /// socket unit's (`activation`, in order, for the slots that had one). A socket of the table
     /// that did not come back left the kernel's group when its last holder closed it, and so
@@ -118,10 +139,28 @@ impl Sockets {
             next_serial: table.next_serial,
             steer: table.steer,
         };
+        // The kernel took these out of its array in the order their last holders closed
+        // them, which is not known: with two or more, the mirror may have the rest in
+        // another order, and the kernel's own hash is safer than a wrong program.
+        let removed = s.closing.len() + lost.len();
         s.closing.extend(lost);
         s.forget_closing(&[]);
+        if removed >= 2 && s.steer {
+            tracing::warn!(
+                sockets = removed,
+                "several sockets left the group while no master watched, in an order not known: steering by the kernel's hash until a full restart"
+            );
+            s.unsteer();
+        }
         s.steer();
         Ok(s)
+    }
+
+    /// The slots with an open socket.
+    pub fn open_slots(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|s| self.slots[*s].is_some())
+            .collect()
     }
 
     /// The sockets the master opened itself (not a socket unit's), by serial.
@@ -132,6 +171,14 @@ impl Sockets {
             .filter(|e| !e.passed)
             .map(|e| (e.serial, &e.listener))
             .collect()
+    }
+}
+
+/// Shuts down stored sockets this master does not use, so they leave the group and their
+/// address is free to bind (systemd's copies go with them).
+pub fn shut_stale(sockets: impl IntoIterator<Item = TcpListener>) {
+    for l in sockets {
+        let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Read);
     }
 }
 
@@ -156,6 +203,12 @@ impl FdStore {
         let (table, table_stored) = match table {
             Some(fd) => (fd, true),
             None => {
+                // A table left by a master whose sockets were not restored goes first: one
+                // table under the name, always.
+                send(
+                    &[NotifyState::FdStoreRemove, NotifyState::FdName(TABLE_NAME)],
+                    &[],
+                );
                 use nix::sys::memfd::{MFdFlags, memfd_create};
                 match memfd_create(c"clusterd-table", MFdFlags::MFD_CLOEXEC) {
                     Ok(fd) => (fd, false),

@@ -161,6 +161,8 @@ const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
     let pid = std::process::id();
     crate::log::set_role(format!("worker {} pid {pid}", spec.id));
+    // Before any log line: the master's events are the master's to record.
+    crate::history::in_worker();
     match hygiene(&spec) {
         Ok(()) => {}
         // Retrying cannot make a user switch work: tell the master to stop, not to respawn.
@@ -188,7 +190,6 @@ pub(crate) fn run<A: WorkerApp>(spec: WorkerSpec<'_, A>) -> i32 {
 
     crate::scoreboard::set_mine(spec.board, spec.record);
     crate::counter::set_mine(spec.counters, spec.record);
-    crate::history::in_worker();
     client::set_trusted(spec.trusted_proxies.clone());
     if let Some(r) = crate::scoreboard::mine() {
         r.pid.store(pid as i32, Ordering::Relaxed);

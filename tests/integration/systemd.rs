@@ -393,7 +393,7 @@ fn a_master_killed_with_sigkill_comes_back_on_the_sockets_the_store_kept() {
     let m = Manager::start();
     let c = Clusterd::start(
         Opts::default()
-            .workers(2)
+            .workers(3)
             .no_wait()
             .env("NOTIFY_SOCKET", m.path.to_str().unwrap()),
     );
@@ -401,11 +401,15 @@ fn a_master_killed_with_sigkill_comes_back_on_the_sockets_the_store_kept() {
     m.wait(0, "FDNAME=clusterd-table");
     let stored = m.stored();
     let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names.len(), 3, "two slot sockets and the table: {names:?}");
+    assert_eq!(
+        names.len(),
+        4,
+        "three slot sockets and the table: {names:?}"
+    );
     assert!(names.contains(&"clusterd-table"), "{names:?}");
     assert_eq!(
         names.iter().filter(|n| n.starts_with("clusterd-s")).count(),
-        2,
+        3,
         "{names:?}"
     );
     let workers = c.workers();
@@ -416,11 +420,13 @@ fn a_master_killed_with_sigkill_comes_back_on_the_sockets_the_store_kept() {
     // Nobody serves now; the sockets live on in the store, so connections made meanwhile wait
     // in their queues instead of being refused.
     let addr = c.addr;
-    let waiting: Vec<_> = (0..8)
+    let waiting: Vec<_> = (0..12)
         .map(|_| std::thread::spawn(move || request(addr, "GET", "/healthz", &[], b"")))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     // The next master, as systemd starts it after a crash: the store's descriptors as fds 3...
+    // It is configured for 2 workers: the third slot's socket gets a worker first (its queue
+    // is served), then the count goes back to 2 the usual way.
     let next = Clusterd::start(
         Opts::default()
             .workers(2)
@@ -434,7 +440,6 @@ fn a_master_killed_with_sigkill_comes_back_on_the_sockets_the_store_kept() {
         "{}",
         next.log_text()
     );
-    let fresh = next.workers();
     let mut answered = std::collections::HashSet::new();
     for h in waiting {
         let r = h.join().unwrap().expect("answered, not refused or reset");
@@ -442,11 +447,56 @@ fn a_master_killed_with_sigkill_comes_back_on_the_sockets_the_store_kept() {
         answered.insert(r.json()["worker_pid"].as_i64().unwrap() as i32);
     }
     assert!(
-        answered.iter().all(|p| fresh.contains(p)),
-        "{answered:?} {fresh:?}"
+        answered.iter().all(|p| !workers.contains(p)),
+        "{answered:?}"
     );
-    // It stores nothing twice: the same three descriptors.
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(m.stored().len(), 3, "{:?}", m.stored());
+    next.wait_log(T, "back to the configured worker count");
+    next.wait_status(T, "2 workers, the third slot's gone", |d| {
+        d["master"]["workers"] == 2 && d["workers"].as_array().is_some_and(|w| w.len() == 2)
+    });
+    // The retired slot's socket left the store; nothing is stored twice.
+    eventually(T, "the store holds two sockets and the table", || {
+        (m.stored().len() == 3).then_some(())
+    });
     assert_eq!(next.get("/healthz").status, 200);
+}
+
+#[test]
+fn stored_sockets_that_no_longer_fit_are_shut_and_the_master_binds_anew() {
+    let m = Manager::start();
+    let c = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .no_wait()
+            .env("NOTIFY_SOCKET", m.path.to_str().unwrap()),
+    );
+    m.wait(0, "FDNAME=clusterd-table");
+    let stored = m.stored();
+    signal(c.pid(), Signal::SIGKILL);
+    // The configuration changed the layout meanwhile: the stored sockets do not fit. The new
+    // master says why, shuts them (so the address is free) and binds its own, instead of
+    // failing to bind and being restarted for ever.
+    let next = Clusterd::start(
+        Opts::default()
+            .workers(2)
+            .port(c.port)
+            .arg("--sockets")
+            .arg("shared")
+            .env("NOTIFY_SOCKET", m.path.to_str().unwrap())
+            .listen_fds(&stored),
+    );
+    assert!(
+        next.log_text()
+            .contains("not restoring the previous master's sockets"),
+        "{}",
+        next.log_text()
+    );
+    assert_eq!(next.get("/healthz").status, 200);
+    // The old sockets left the store; the new one and a new table are in it.
+    eventually(T, "the store renewed", || {
+        let names: Vec<String> = m.stored().into_iter().map(|(n, _)| n).collect();
+        (names.iter().filter(|n| *n == "clusterd-table").count() == 1
+            && names.iter().filter(|n| n.starts_with("clusterd-s")).count() == 1)
+            .then_some(())
+    });
 }
