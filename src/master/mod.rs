@@ -10,7 +10,8 @@
 //! `command.rs` (operators' commands), [`manage`] (forks, surplus, rollouts), [`deadlines`] (kills, hangs, recycling, wake-ups),
 //! [`reload`], [`handover`] (what crosses an upgrade), [`table`], [`policy`], [`status`], [`report`],
 //! [`balance`] (which slots new connections avoid).
-//! The effects are here and in `apply.rs`: poll, fork, kill, exec, notify, `/proc`.
+//! The effects are here, in `apply.rs` (poll, fork, kill, exec, notify, `/proc`) and in
+//! `steering.rs` (sampling the slots for `--balance load`).
 
 mod apply;
 pub mod balance;
@@ -28,6 +29,7 @@ pub mod policy;
 pub mod reload;
 pub mod report;
 pub mod status;
+mod steering;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -53,7 +55,7 @@ use crate::config::ClusterConfig;
 use crate::process::{ProcessError, exit_code};
 use crate::scoreboard::Scoreboard;
 use crate::signals::Signals;
-use crate::socket::{Balance, SocketMode, Sockets};
+use crate::socket::{SocketMode, Sockets};
 use crate::systemd::Notifier;
 use crate::worker::WorkerApp;
 
@@ -320,63 +322,6 @@ impl<A: WorkerApp> Master<A> {
             |slot| sockets.queue(slot),
             now,
         ))
-    }
-
-    /// Whether new connections are steered by load: `--balance load` with a socket per worker.
-    fn balancing(&self) -> bool {
-        self.cluster.config.balance == Balance::Load
-            && self.sockets.mode() == SocketMode::PerWorker
-            && !self.cluster.stopping()
-    }
-
-    /// `--balance load`, every [`balance::SAMPLE_EVERY`]: samples the slots and steers new
-    /// connections away from those whose worker does not keep up (and back).
-    fn balance(&mut self, now: Ms) {
-        if !self.balancing() {
-            // A reload to `hash` (or a stop): every slot gets its share again.
-            self.sockets.avoid(&[]);
-            return;
-        }
-        if now < self.sampled_at.plus(balance::SAMPLE_EVERY) {
-            return;
-        }
-        self.sampled_at = now;
-        let sockets = &self.sockets;
-        let open = sockets.open_slots();
-        let samples = observe::sample_slots(
-            &self.cluster.table,
-            &open,
-            self.board.board(),
-            |s| sockets.queue(s),
-            now,
-        );
-        let before = self.balancer.avoided().clone();
-        let after = self.balancer.decide(&samples).clone();
-        let slots: Vec<usize> = after.keys().copied().collect();
-        self.sockets.avoid(&slots);
-        // A stopped or stalled worker is news; a backlog comes and goes with bursts.
-        for (slot, why) in after.iter().filter(|(s, _)| !before.contains_key(s)) {
-            if *why == balance::Why::Backlogged {
-                tracing::debug!(
-                    slot,
-                    "steering new connections away from the slot: {}",
-                    why.as_str()
-                );
-            } else {
-                tracing::info!(
-                    slot,
-                    "steering new connections away from the slot: {}",
-                    why.as_str()
-                );
-            }
-        }
-        for (slot, why) in before.iter().filter(|(s, _)| !after.contains_key(s)) {
-            if *why == balance::Why::Backlogged {
-                tracing::debug!(slot, "the slot keeps up again: it gets new connections");
-            } else {
-                tracing::info!(slot, "the slot keeps up again: it gets new connections");
-            }
-        }
     }
 
     /// `--watch`, at each observation: a replaced binary that has settled is reloaded into.

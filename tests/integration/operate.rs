@@ -141,6 +141,17 @@ fn a_stopped_worker_is_replaced_after_the_worker_timeout() {
     assert_eq!(c.get("/healthz").status, 200);
 }
 
+/// Waits for a worker's log line containing `needle`; the pid of the worker that wrote it.
+fn worker_that_logged(c: &Clusterd, needle: &str) -> i32 {
+    c.wait_log(T, needle);
+    let line = c.log_lines(needle).join("");
+    line.split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .and_then(|s| s.parse().ok())
+        .expect("the worker's pid in its log line")
+}
+
 #[test]
 fn a_worker_stopped_mid_request_is_killed_naming_that_request() {
     let c = Clusterd::start(Opts::default().workers(2).arg("--worker-timeout").arg("2"));
@@ -148,14 +159,7 @@ fn a_worker_stopped_mid_request_is_killed_naming_that_request() {
     let slow = std::thread::spawn(move || {
         request(addr, "GET", "/debug/sleep/8000?token=secret", &[], b"")
     });
-    c.wait_log(T, "debug sleep started");
-    let line = c.log_lines("debug sleep started").join("");
-    let victim: i32 = line
-        .split("pid ")
-        .nth(1)
-        .and_then(|s| s.split(']').next())
-        .and_then(|s| s.parse().ok())
-        .expect("the worker's pid in its log line");
+    let victim = worker_that_logged(&c, "debug sleep started");
     // Before the stop, status names the request (path without its query) and its age.
     let doc = c.wait_status(T, "the request in flight in status", |d| {
         d["workers"]
@@ -207,14 +211,7 @@ fn a_blocked_runtime_is_caught_by_its_heartbeat_not_only_sigstop() {
     // A request that blocks its worker's only server thread for a minute.
     let addr = c.addr;
     let blocked = std::thread::spawn(move || request(addr, "GET", "/debug/block/60000", &[], b""));
-    c.wait_log(T, "debug block started");
-    let line = c.log_lines("debug block started").join("");
-    let victim: i32 = line
-        .split("pid ")
-        .nth(1)
-        .and_then(|s| s.split(']').next())
-        .and_then(|s| s.parse().ok())
-        .expect("the worker's pid in its log line");
+    let victim = worker_that_logged(&c, "debug block started");
     eventually(Duration::from_secs(8), "the blocked worker gone", || {
         (!exists(victim)).then_some(())
     });
