@@ -336,6 +336,13 @@ fn the_dashboard_lists_every_live_worker() {
             .await
             .unwrap();
         assert_eq!(sparks.len(), 3 * 3, "three sparklines per worker");
+        let latency = b
+            .find_all(Locator::Css(
+                "#workers tr:first-child td:nth-last-child(2) path",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(latency.len(), 2, "a worker's p50 and p99");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         load.join().unwrap();
         // Give the table a second turn so the req/s column is filled in for the screenshot, in
