@@ -118,8 +118,9 @@ pub struct Master<A: WorkerApp> {
     observed_at: Ms,
     /// systemd's descriptor store, kept in step with the socket table (under systemd).
     fdstore: Option<crate::socket::FdStore>,
-    /// The worker count to scale to once the slots restored from the store all serve.
-    scale_after_restore: Option<usize>,
+    /// The worker count to scale to once the slots restored from the store all serve, and the
+    /// count the restore started with (any other change of the target cancels the scale).
+    scale_after_restore: Option<(usize, usize)>,
     /// `--balance load`: what the slot samples decided, and when they were last taken.
     balancer: balance::Balancer,
     sampled_at: Ms,
@@ -182,8 +183,14 @@ impl<A: WorkerApp> Master<A> {
     pub fn with_restored_slots(mut self, slots: Option<usize>) -> Self {
         let configured = self.cluster.target;
         if let Some(n) = slots.filter(|n| *n > configured) {
-            self.cluster.target = self.cluster.clamp(n, "the restored sockets");
-            self.scale_after_restore = Some(configured);
+            let target = self.cluster.clamp(n, "the restored sockets");
+            // Slots past --max-workers (lowered across the restart) will never have a worker.
+            let gone = self.sockets.shut_from(target);
+            if let Some(f) = self.fdstore.as_mut() {
+                f.forget(gone);
+            }
+            self.cluster.target = target;
+            self.scale_after_restore = Some((configured, target));
         }
         self
     }
@@ -265,7 +272,14 @@ impl<A: WorkerApp> Master<A> {
             self.apply(todo, now);
             let mut todo = Vec::new();
             self.reap(now, &mut todo);
-            if let Some(n) = self.scale_after_restore
+            // An operator's scale or a reload since the restore decided the count already.
+            if self
+                .scale_after_restore
+                .is_some_and(|(_, restored)| self.cluster.target != restored)
+            {
+                self.scale_after_restore = None;
+            }
+            if let Some((n, _)) = self.scale_after_restore
                 && self.cluster.table.ready() >= self.cluster.target
                 && !self.cluster.reloading()
             {

@@ -237,7 +237,7 @@ fn restorable(
         ));
     }
     let wanted = socket::Sockets::passed_in(&table);
-    if activated < wanted {
+    if activated != wanted {
         return Err(format!(
             "the table names {wanted} sockets of the socket unit, which passed {activated}"
         ));

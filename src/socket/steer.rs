@@ -48,6 +48,16 @@ impl Sockets {
     pub(super) fn unsteer(&mut self) {
         self.steer = false;
     }
+
+    /// Hands the group back to the kernel's own hash for good: attaches a program that names
+    /// no socket (the kernel then hashes over its sockets), replacing one a previous master
+    /// attached for an order no longer known, and stops steering.
+    pub(super) fn release_steering(&mut self) {
+        if let Some(holder) = self.slots.iter().flatten().next() {
+            let _ = attach_reuseport_cbpf(holder.listener.as_raw_fd(), &steering_program(&[]));
+        }
+        self.unsteer();
+    }
 }
 
 /// A classic BPF program for `SO_ATTACH_REUSEPORT_CBPF`: the connection's hash modulo the

@@ -150,10 +150,34 @@ impl Sockets {
                 sockets = removed,
                 "several sockets left the group while no master watched, in an order not known: steering by the kernel's hash until a full restart"
             );
-            s.unsteer();
+            s.release_steering();
         }
         s.steer();
         Ok(s)
+    }
+
+    /// Shuts down the restored sockets of slots `from` and above (more than this master may
+    /// run: `--max-workers` was lowered across the restart): no worker will accept on them, so
+    /// they leave the group now, and systemd drops its copies. Returns their serials, for the
+    /// store.
+    pub fn shut_from(&mut self, from: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        for slot in from..self.slots.len() {
+            let serial = match &self.slots[slot] {
+                Some(e) if !e.passed => e.serial,
+                _ => continue,
+            };
+            if let Some(e) = self.slots[slot].take() {
+                let _ = nix::sys::socket::shutdown(
+                    e.listener.as_raw_fd(),
+                    nix::sys::socket::Shutdown::Read,
+                );
+            }
+            self.closing.push(serial);
+            self.gone(serial);
+            out.push(serial);
+        }
+        out
     }
 
     /// The slots with an open socket.
@@ -355,5 +379,34 @@ mod tests {
         assert_eq!(stored_serial(&socket_name(42)), Some(42));
         assert_eq!(stored_serial(TABLE_NAME), None);
         assert_eq!(stored_serial("clusterd.socket"), None);
+    }
+
+    #[test]
+    fn two_sockets_lost_in_an_unknown_order_hand_the_group_to_the_kernel() {
+        let mut s =
+            Sockets::bind(SocketMode::PerWorker, "127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        for slot in 1..4 {
+            s.for_slot(slot).unwrap();
+        }
+        let table: Inherited =
+            serde_json::from_str(&serde_json::to_string(&s.export()).unwrap()).unwrap();
+        let serials: Vec<u64> = table.slots.iter().flatten().map(|e| e.2).collect();
+        let mut stored = Stored::default();
+        // Slots 0 and 3 come back; 1 and 2 left the group in an order nobody saw.
+        for slot in [0, 3] {
+            let l = s.slots[slot]
+                .as_ref()
+                .unwrap()
+                .listener
+                .try_clone()
+                .unwrap();
+            stored.sockets.insert(serials[slot], l);
+        }
+        let mut r = Sockets::restore(table, &mut stored, Vec::new()).unwrap();
+        assert!(!r.steer, "steering by a mirror in an unknown order");
+        // A slot past what may run is shut and leaves the mirror.
+        let gone = r.shut_from(3);
+        assert_eq!(gone, vec![serials[3]]);
+        assert_eq!(r.open_slots(), vec![0]);
     }
 }
