@@ -43,13 +43,16 @@ me_loop() {
 }
 gone() { for p in $1; do [ -d "/proc/$p" ] && return 1; done; return 0; }
 # conn_loop FILE: GET / on a fresh connection each time until /tmp/stop-loops exists; one line
-# per request: its start (ns) and its status (000: no answer: refused, reset, timed out).
+# per request: its start (ns), its status (000: no answer) and curl's exit code (7: refused,
+# 28: timed out, 52/56: the connection was accepted, then closed or reset unanswered).
 conn_loop() {
-    local out=$1 t
+    local out=$1 t code rc
     : >"$out"
     while [ ! -e /tmp/stop-loops ]; do
         t=$(date +%s%N)
-        echo "$t $(curl -s -o /dev/null -m 20 -w '%{http_code}' "$URL/")" >>"$out"
+        rc=0
+        code=$(curl -s -o /dev/null -m 20 -w '%{http_code}' "$URL/") || rc=$?
+        echo "$t $code $rc" >>"$out"
     done
 }
 # under_loops COMMAND...: runs COMMAND while 3 request loops run (from 1 s before to 1.5 s after);
@@ -68,6 +71,10 @@ under_loops() {
 # after BEGAN: "total failed" of the requests started at or after BEGAN; before: the same for
 # those started before it.
 after() { cat /tmp/conn.* | awk -v b="$BEGAN" '$1 >= b {n++; if ($2 != 200) f++} END {print n+0, f+0}'; }
+# cut_off: of the requests started at or after BEGAN that failed, "other cut": `cut` are those an
+# old worker accepted and that died with it (curl 52/56); `other` every other failure (refused,
+# timed out, an error status).
+cut_off() { cat /tmp/conn.* | awk -v b="$BEGAN" '$1 >= b && $2 != 200 {if ($3 == 52 || $3 == 56) c++; else o++} END {print o+0, c+0}'; }
 before() { cat /tmp/conn.* | awk -v b="$BEGAN" '$1 < b {n++; if ($2 != 200) f++} END {print n+0, f+0}'; }
 EXPECTED=$(nproc)
 
@@ -226,9 +233,13 @@ kill_master_and_wait() {
 under_loops kill_master_and_wait
 read -r n f < <(after)
 read -r bn bf < <(before)
+read -r other cut < <(cut_off)
 [ "$n" -gt 20 ] || fail "the loops ran only $n requests after the kill"
-[ "$f" = 0 ] || fail "$f of $n connections opened after the kill -9 failed: $(cat /tmp/conn.* | awk -v b="$BEGAN" '$1 >= b && $2 != 200' | head -3)"
-ok "kill -9 of the master under 3 request loops: $n connections opened after it, 0 failed (before it: $bf of $bn failed)"
+# systemd kills the orphaned workers (KillMode=mixed): a connection one of them accepted in the
+# instant between `kill -9` and its own death dies with it, as a request in flight does. None
+# may be refused or time out: that is what the descriptor store is for.
+[ "$other" = 0 ] || fail "$other of $n connections opened after the kill -9 were refused, timed out or failed: $(cat /tmp/conn.* | awk -v b="$BEGAN" '$1 >= b && $2 != 200 && $3 != 52 && $3 != 56' | head -3)"
+ok "kill -9 of the master under 3 request loops: $n connections opened after it, 0 refused or timed out, $cut accepted by an old worker and cut when systemd killed it (before it: $bf of $bn failed)"
 
 # -- socket activation: systemd owns the socket, the master adopts it
 systemctl stop clusterd
