@@ -32,6 +32,7 @@ mod store;
 
 pub use self::activation::{FromSystemd, from_systemd};
 pub use self::inherit::Inherited;
+pub use self::steer::Balance;
 pub use self::store::{FdStore, Stored, shut_stale};
 
 use std::net::{SocketAddr, TcpListener};
@@ -96,46 +97,6 @@ impl FromStr for SocketMode {
 }
 
 impl std::fmt::Display for SocketMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How new connections are spread over the slots' sockets in `per-worker` mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// The connection's hash, over every live slot (blind to load).
-    Hash,
-    /// The hash over the slots whose worker keeps up: the master samples every worker every
-    /// 50 ms and steers new connections away from one that is stopped, stalled or backlogged.
-    #[default]
-    Load,
-}
-
-impl Balance {
-    /// The name used on the command line and in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::Hash => "hash",
-            Balance::Load => "load",
-        }
-    }
-}
-
-impl FromStr for Balance {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "hash" => Ok(Balance::Hash),
-            "load" => Ok(Balance::Load),
-            _ => Err(format!("{s:?} is not one of load, hash")),
-        }
-    }
-}
-
-impl std::fmt::Display for Balance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -425,25 +386,6 @@ impl Sockets {
             _ => &self.slots.get(slot)?.as_ref()?.listener,
         };
         accept_queue(listener)
-    }
-
-    /// Steers new connections away from the sockets of `slots` (and back to every other one),
-    /// in `per-worker` mode. Returns whether that changed the steering.
-    pub fn avoid(&mut self, slots: &[usize]) -> bool {
-        if self.mode != SocketMode::PerWorker || !self.fallback.is_empty() {
-            return false;
-        }
-        let mut serials: Vec<u64> = slots
-            .iter()
-            .filter_map(|s| self.slots.get(*s)?.as_ref().map(|e| e.serial))
-            .collect();
-        serials.sort_unstable();
-        if self.avoided.as_ref() == Some(&serials) {
-            return false;
-        }
-        self.avoided = Some(serials);
-        self.steer();
-        true
     }
 
     /// Closes the master's copy of a slot's socket, because the slot goes away, after steering

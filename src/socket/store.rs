@@ -167,12 +167,7 @@ impl Sockets {
                 Some(e) if !e.passed => e.serial,
                 _ => continue,
             };
-            if let Some(e) = self.slots[slot].take() {
-                let _ = nix::sys::socket::shutdown(
-                    e.listener.as_raw_fd(),
-                    nix::sys::socket::Shutdown::Read,
-                );
-            }
+            shut_stale(self.slots[slot].take().map(|e| e.listener));
             self.closing.push(serial);
             self.gone(serial);
             out.push(serial);
@@ -336,34 +331,44 @@ fn write_all_at_start(fd: &OwnedFd, bytes: &[u8]) -> nix::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_stored_table_restores_the_slots_and_drops_what_did_not_come_back() {
+    /// A per-worker table of `slots` sockets, its table as the store gives it back (through
+    /// JSON), and the sockets' serials by slot.
+    fn table_of(slots: usize) -> (Sockets, Inherited, Vec<u64>) {
         let mut s =
             Sockets::bind(SocketMode::PerWorker, "127.0.0.1:0".parse().unwrap(), 16).unwrap();
-        for slot in 1..3 {
+        for slot in 1..slots {
             s.for_slot(slot).unwrap();
         }
-        let table = s.export();
-        let serials: Vec<u64> = table.slots.iter().flatten().map(|e| e.2).collect();
+        let table: Inherited =
+            serde_json::from_str(&serde_json::to_string(&s.export()).unwrap()).unwrap();
+        let serials = table.slots.iter().flatten().map(|e| e.2).collect();
+        (s, table, serials)
+    }
+
+    /// A copy of slot `slot`'s socket, as systemd would pass it back.
+    fn copy(s: &Sockets, slot: usize) -> TcpListener {
+        s.slots[slot]
+            .as_ref()
+            .unwrap()
+            .listener
+            .try_clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_stored_table_restores_the_slots_and_drops_what_did_not_come_back() {
+        let (s, table, serials) = table_of(3);
         assert_eq!(serials.len(), 3);
         // The sockets come back as systemd passes them, but slot 1's was closed meanwhile, and
         // one socket no table names came along.
         let mut stored = Stored::default();
         for (slot, serial) in serials.iter().enumerate() {
             if slot != 1 {
-                let l = s.slots[slot]
-                    .as_ref()
-                    .unwrap()
-                    .listener
-                    .try_clone()
-                    .unwrap();
-                stored.sockets.insert(*serial, l);
+                stored.sockets.insert(*serial, copy(&s, slot));
             }
         }
         let stray = TcpListener::bind("127.0.0.1:0").unwrap();
         stored.sockets.insert(999, stray);
-        let table: Inherited =
-            serde_json::from_str(&serde_json::to_string(&table).unwrap()).unwrap();
         let r = Sockets::restore(table, &mut stored, Vec::new()).unwrap();
         assert!(r.slots[0].is_some() && r.slots[1].is_none() && r.slots[2].is_some());
         assert_eq!(
@@ -383,24 +388,11 @@ mod tests {
 
     #[test]
     fn two_sockets_lost_in_an_unknown_order_hand_the_group_to_the_kernel() {
-        let mut s =
-            Sockets::bind(SocketMode::PerWorker, "127.0.0.1:0".parse().unwrap(), 16).unwrap();
-        for slot in 1..4 {
-            s.for_slot(slot).unwrap();
-        }
-        let table: Inherited =
-            serde_json::from_str(&serde_json::to_string(&s.export()).unwrap()).unwrap();
-        let serials: Vec<u64> = table.slots.iter().flatten().map(|e| e.2).collect();
+        let (s, table, serials) = table_of(4);
         let mut stored = Stored::default();
         // Slots 0 and 3 come back; 1 and 2 left the group in an order nobody saw.
         for slot in [0, 3] {
-            let l = s.slots[slot]
-                .as_ref()
-                .unwrap()
-                .listener
-                .try_clone()
-                .unwrap();
-            stored.sockets.insert(serials[slot], l);
+            stored.sockets.insert(serials[slot], copy(&s, slot));
         }
         let mut r = Sockets::restore(table, &mut stored, Vec::new()).unwrap();
         assert!(!r.steer, "steering by a mirror in an unknown order");

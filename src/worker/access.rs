@@ -233,14 +233,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_line_names_every_field_in_order_and_cuts_long_paths() {
-        let mut w = Writer {
-            json: false,
-            timestamps: false,
+    /// A writer for worker 3's lines: JSON with timestamps, or plain without.
+    fn writer(json: bool) -> Writer {
+        Writer {
+            json,
+            timestamps: json,
             role: "worker 3".into(),
             second: (u64::MAX, String::new()),
-        };
+        }
+    }
+
+    #[test]
+    fn a_line_names_every_field_in_order_and_cuts_long_paths() {
+        let mut w = writer(false);
         let mut l = String::new();
         w.line(&mut l, entry("/login".into()));
         assert_eq!(
@@ -258,12 +263,7 @@ mod tests {
 
     #[test]
     fn a_json_line_is_one_object_with_typed_fields() {
-        let mut w = Writer {
-            json: true,
-            timestamps: true,
-            role: "worker 3".into(),
-            second: (u64::MAX, String::new()),
-        };
+        let mut w = writer(true);
         let mut l = String::new();
         w.line(&mut l, entry("/a\"b".into()));
         assert!(l.ends_with('\n') && l.matches('\n').count() == 1);

@@ -110,6 +110,13 @@ impl Manager {
         }
     }
 
+    /// Options for a clusterd this manager supervises (`NOTIFY_SOCKET`), not waited for.
+    pub fn opts(&self) -> Opts {
+        Opts::default()
+            .no_wait()
+            .env("NOTIFY_SOCKET", self.path.to_str().unwrap())
+    }
+
     /// The store's names and descriptors, in the order they were stored (as systemd passes
     /// them: `LISTEN_FDNAMES`, fds from 3).
     pub fn stored(&self) -> Vec<(String, std::os::fd::RawFd)> {
@@ -391,12 +398,7 @@ fn workers_drop_to_the_given_user_with_no_capabilities() {
 #[test]
 fn a_master_killed_with_sigkill_comes_back_on_the_sockets_the_store_kept() {
     let m = Manager::start();
-    let c = Clusterd::start(
-        Opts::default()
-            .workers(3)
-            .no_wait()
-            .env("NOTIFY_SOCKET", m.path.to_str().unwrap()),
-    );
+    let c = Clusterd::start(m.opts().workers(3));
     m.wait(0, "READY=1");
     m.wait(0, "FDNAME=clusterd-table");
     let stored = m.stored();
@@ -464,12 +466,7 @@ fn a_master_killed_with_sigkill_comes_back_on_the_sockets_the_store_kept() {
 #[test]
 fn stored_sockets_that_no_longer_fit_are_shut_and_the_master_binds_anew() {
     let m = Manager::start();
-    let c = Clusterd::start(
-        Opts::default()
-            .workers(2)
-            .no_wait()
-            .env("NOTIFY_SOCKET", m.path.to_str().unwrap()),
-    );
+    let c = Clusterd::start(m.opts().workers(2));
     m.wait(0, "FDNAME=clusterd-table");
     let stored = m.stored();
     signal(c.pid(), Signal::SIGKILL);
