@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use hashlink::LruCache;
 
+use super::State;
 use crate::counter::Counter;
 
 /// How often the Redis store confirms that its invalidation channel is alive (at least every
@@ -45,15 +46,17 @@ pub struct CacheCounters {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket(u64);
 
-pub(crate) struct Cache {
-    inner: Mutex<Inner>,
+/// Keyed by session id; holds what a read decoded (`V`), so that a hit costs a clone and no
+/// parsing.
+pub(crate) struct Cache<V = State> {
+    inner: Mutex<Inner<V>>,
     counters: Option<CacheCounters>,
     /// The embedded store's entries are checked one by one (`fresh`) and need no channel.
     needs_channel: bool,
 }
 
-struct Inner {
-    entries: LruCache<String, Entry>,
+struct Inner<V> {
+    entries: LruCache<String, Entry<V>>,
     /// Moves on every invalidation and every clear, so that a read an invalidation overtook
     /// is not cached.
     generation: u64,
@@ -64,21 +67,21 @@ struct Inner {
     trusted_until: Option<Instant>,
 }
 
-struct Entry {
-    value: String,
+struct Entry<V> {
+    value: V,
     expires: Option<Instant>,
     /// The store's version of the key when it was read (the embedded store's), or 0.
     stamp: u64,
 }
 
-impl Cache {
+impl<V: Clone> Cache<V> {
     /// A cache of `capacity` (> 0) entries. `needs_channel`: entries are served only while
     /// [`Cache::vouch`] says the invalidation channel is alive (Redis).
     pub(crate) fn new(
         capacity: usize,
         needs_channel: bool,
         counters: Option<CacheCounters>,
-    ) -> Cache {
+    ) -> Self {
         Cache {
             inner: Mutex::new(Inner {
                 entries: LruCache::new(capacity.max(1)),
@@ -91,7 +94,7 @@ impl Cache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -110,7 +113,7 @@ impl Cache {
         id: &str,
         now: Instant,
         fresh: impl FnOnce(u64) -> bool,
-    ) -> Option<(String, Option<Duration>)> {
+    ) -> Option<(V, Option<Duration>)> {
         let found = {
             let mut inner = self.lock();
             let trusted = !self.needs_channel || inner.trusted_until.is_some_and(|t| now < t);
@@ -150,7 +153,7 @@ impl Cache {
         &self,
         ticket: Ticket,
         id: &str,
-        value: &str,
+        value: &V,
         expires: Option<Instant>,
         stamp: u64,
     ) {
@@ -159,7 +162,7 @@ impl Cache {
             inner.entries.insert(
                 id.to_string(),
                 Entry {
-                    value: value.to_string(),
+                    value: value.clone(),
                     expires,
                     stamp,
                 },
@@ -228,9 +231,9 @@ mod tests {
 
     #[test]
     fn nothing_is_served_until_the_channel_vouches_and_only_while_it_does() {
-        let c = Cache::new(4, true, None);
+        let c = Cache::<String>::new(4, true, None);
         let t0 = Instant::now();
-        c.put(c.ticket(), "a", "A", None, 0);
+        c.put(c.ticket(), "a", &"A".into(), None, 0);
         assert!(c.get("a", t0, |_| true).is_none(), "never vouched");
         c.vouch(c.epoch(), t0);
         assert_eq!(c.get("a", t0 + ms(10), |_| true).unwrap().0, "A");
@@ -245,12 +248,12 @@ mod tests {
 
     #[test]
     fn a_confirmation_of_a_replaced_channel_is_ignored() {
-        let c = Cache::new(4, true, None);
+        let c = Cache::<String>::new(4, true, None);
         let t0 = Instant::now();
         let before = c.epoch();
         c.clear(); // the connection was replaced while the PING was out
         c.vouch(before, t0);
-        c.put(c.ticket(), "a", "A", None, 0);
+        c.put(c.ticket(), "a", &"A".into(), None, 0);
         assert!(c.get("a", t0, |_| true).is_none());
         c.invalidate("x"); // an invalidation does not stop a confirmation
         c.vouch(c.epoch(), t0);
@@ -259,13 +262,13 @@ mod tests {
 
     #[test]
     fn a_read_overtaken_by_an_invalidation_is_not_kept() {
-        let c = Cache::new(4, false, None);
+        let c = Cache::<String>::new(4, false, None);
         let t0 = Instant::now();
         let ticket = c.ticket();
         c.invalidate("b"); // any key: the push may have been about this one's earlier value
-        c.put(ticket, "a", "old", None, 0);
+        c.put(ticket, "a", &"old".into(), None, 0);
         assert!(c.get("a", t0, |_| true).is_none());
-        c.put(c.ticket(), "a", "new", None, 0);
+        c.put(c.ticket(), "a", &"new".into(), None, 0);
         assert_eq!(c.get("a", t0, |_| true).unwrap().0, "new");
         c.invalidate("a");
         assert!(c.get("a", t0, |_| true).is_none());
@@ -273,24 +276,24 @@ mod tests {
 
     #[test]
     fn entries_expire_with_the_store_and_report_their_time_left() {
-        let c = Cache::new(4, false, None);
+        let c = Cache::<String>::new(4, false, None);
         let t0 = Instant::now();
-        c.put(c.ticket(), "a", "A", Some(t0 + ms(500)), 0);
+        c.put(c.ticket(), "a", &"A".into(), Some(t0 + ms(500)), 0);
         assert_eq!(c.get("a", t0 + ms(100), |_| true).unwrap().1, Some(ms(400)));
         assert!(c.get("a", t0 + ms(500), |_| true).is_none());
     }
 
     #[test]
     fn a_stale_stamp_drops_the_entry_and_the_oldest_entry_goes_first() {
-        let c = Cache::new(2, false, None);
+        let c = Cache::<String>::new(2, false, None);
         let t0 = Instant::now();
-        c.put(c.ticket(), "a", "A", None, 7);
+        c.put(c.ticket(), "a", &"A".into(), None, 7);
         assert!(c.get("a", t0, |s| s == 8).is_none());
         assert_eq!(c.len(), 0);
-        c.put(c.ticket(), "a", "A", None, 0);
-        c.put(c.ticket(), "b", "B", None, 0);
+        c.put(c.ticket(), "a", &"A".into(), None, 0);
+        c.put(c.ticket(), "b", &"B".into(), None, 0);
         assert!(c.get("a", t0, |_| true).is_some()); // a is now the most recent
-        c.put(c.ticket(), "c", "C", None, 0);
+        c.put(c.ticket(), "c", &"C".into(), None, 0);
         assert_eq!(c.len(), 2);
         assert!(
             c.get("b", t0, |_| true).is_none(),

@@ -33,4 +33,4 @@ mod store;
 #[cfg(any(feature = "redis", feature = "sqlite"))]
 pub(crate) use store::Renewals;
 #[cfg(any(feature = "redis", feature = "sqlite"))]
-pub use store::{Counter, RENEW_GRANULARITY, Reservation, State, StoreError};
+pub use store::{Counter, Found, RENEW_GRANULARITY, Reservation, State, StoreError};

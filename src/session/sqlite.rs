@@ -35,8 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::cache::{Cache, CacheCounters};
+use super::store::decode;
 use super::versions::Versions;
-use super::{Counter, Reservation, StoreError};
+use super::{Counter, Found, Reservation, StoreError};
 
 /// File name inside the data dir.
 pub const FILE_NAME: &str = "sessions.sqlite3";
@@ -311,25 +312,34 @@ impl SqliteStore {
 
     /// The state of a live session and how long it has left. A read only: WAL lets it run
     /// beside the one writer.
-    pub async fn get(&self, id: &str) -> Result<Option<(String, Option<Duration>)>, StoreError> {
+    pub async fn get(&self, id: &str) -> Result<Option<Found>, StoreError> {
         let Some(cache) = &self.cache else {
             return self.select(id).await;
         };
         let asked = Instant::now();
         let versions = self.versions;
-        if let Some(hit) = cache.get(id, asked, |stamp| versions.of(id) == stamp) {
-            return Ok(Some(hit));
+        if let Some((state, left)) = cache.get(id, asked, |stamp| versions.of(id) == stamp) {
+            return Ok(Some(Found {
+                state,
+                left,
+                cached: true,
+            }));
         }
         // The version before the read: a change committed after it makes the entry stale.
         let (ticket, stamp) = (cache.ticket(), versions.of(id));
         let found = self.select(id).await?;
-        if let Some((state, Some(left))) = &found {
+        if let Some(Found {
+            state,
+            left: Some(left),
+            ..
+        }) = &found
+        {
             cache.put(ticket, id, state, Some(asked + *left), stamp);
         }
         Ok(found)
     }
 
-    async fn select(&self, id: &str) -> Result<Option<(String, Option<Duration>)>, StoreError> {
+    async fn select(&self, id: &str) -> Result<Option<Found>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
             let now = now_ms();
@@ -339,9 +349,17 @@ impl SqliteStore {
                 )?
                 .query_row(params![id, now], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            Ok(row.map(|(s, at)| (s, Some(Duration::from_millis((at - now).max(0) as u64)))))
+            Ok(row.map(|(s, at)| (s, Duration::from_millis((at - now).max(0) as u64))))
         })
-        .await
+        .await?
+        .map(|(text, left)| {
+            Ok(Found {
+                state: decode(&text)?,
+                left: Some(left),
+                cached: false,
+            })
+        })
+        .transpose()
     }
 
     /// The session lives `ttl` from now, if it is still live: a logout between the read and

@@ -17,6 +17,9 @@ pub enum StoreError {
     /// The backend answered something unexpected.
     #[error("session store error: {0}")]
     Backend(String),
+    /// A session record that is not the store's JSON: the session is treated as empty.
+    #[error("undecodable session: {0}")]
+    Corrupt(String),
 }
 
 /// The session state actix-session hands to stores.
@@ -49,8 +52,20 @@ fn encode(state: &State) -> Result<String, anyhow::Error> {
     Ok(serde_json::to_string(state)?)
 }
 
-fn decode(text: &str) -> Result<State, LoadError> {
-    serde_json::from_str(text).map_err(|e| LoadError::Deserialization(e.into()))
+/// A record's state as the store keeps it (JSON).
+pub(crate) fn decode(text: &str) -> Result<State, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// What a store's read of a live session found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The session's state.
+    pub state: State,
+    /// Its time left, when the read told it.
+    pub left: Option<Duration>,
+    /// Answered from the handle's cache (whose entry kept the time left the store reported).
+    pub cached: bool,
 }
 
 /// A renewal is written once the expiry has slipped by 1/30 of the TTL (a minute at 30
@@ -91,24 +106,25 @@ impl Renewals {
     }
 }
 
-/// actix-session's `SessionStore` for a store with `get` (state, and the time left if the read
-/// tells it), `create`, `replace`, `touch` and `delete`, and a `renewals` field.
+/// actix-session's `SessionStore` for a store with `get` (a [`Found`]), `create`, `replace`,
+/// `touch` and `delete`, and a `renewals` field.
 macro_rules! session_store {
     ($store:ty) => {
         impl SessionStore for $store {
             async fn load(&self, key: &SessionKey) -> Result<Option<State>, LoadError> {
-                let found = self
-                    .get(key.as_ref())
-                    .await
-                    .map_err(|e| LoadError::Other(e.into()))?;
-                let Some((text, left)) = found else {
+                let found = self.get(key.as_ref()).await.map_err(|e| match e {
+                    StoreError::Corrupt(_) => LoadError::Deserialization(e.into()),
+                    _ => LoadError::Other(e.into()),
+                })?;
+                let Some(found) = found else {
                     self.renewals.forget(key.as_ref());
                     return Ok(None);
                 };
-                if let Some(left) = left {
+                // A cached entry reports the expiry its read already recorded.
+                if let (Some(left), false) = (found.left, found.cached) {
                     self.renewals.known(key.as_ref(), Instant::now() + left);
                 }
-                decode(&text).map(Some)
+                Ok(Some(found.state))
             }
 
             async fn save(

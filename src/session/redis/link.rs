@@ -42,8 +42,12 @@ impl Connection {
 
 /// Applies Redis's pushes to the cache: an invalidation drops its keys (all of them on a
 /// `FLUSHALL`), a lost connection drops everything. Runs on the connection's reader, ahead of
-/// the replies that follow the push.
-fn invalidations(cache: Weak<Cache>) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync {
+/// the replies that follow the push. The cache is keyed by session id: a key under `prefix`
+/// names one; any other key still counts as an invalidation (the cache's generation moves).
+fn invalidations(
+    cache: Weak<Cache>,
+    prefix: String,
+) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync {
     move |push: PushInfo| {
         let cache = cache.upgrade().ok_or(())?;
         match push.kind {
@@ -51,7 +55,8 @@ fn invalidations(cache: Weak<Cache>) -> impl Fn(PushInfo) -> Result<(), ()> + Se
                 Some(redis::Value::Array(keys)) => {
                     for key in keys {
                         if let redis::Value::BulkString(k) = key {
-                            cache.invalidate(&String::from_utf8_lossy(k));
+                            let k = String::from_utf8_lossy(k);
+                            cache.invalidate(k.strip_prefix(prefix.as_str()).unwrap_or(&k));
                         }
                     }
                 }
@@ -265,9 +270,10 @@ impl RedisStore {
         cache: Option<&Arc<Cache>>,
     ) -> Result<Connection, Refused> {
         let data = match cache {
-            Some(cache) => config
-                .clone()
-                .set_push_sender(invalidations(Arc::downgrade(cache))),
+            Some(cache) => config.clone().set_push_sender(invalidations(
+                Arc::downgrade(cache),
+                self.inner.prefix.clone(),
+            )),
             None => config.clone(),
         };
         let timed_out = |_| Refused::Failed("connect timed out".into());

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use redis::{Client, Cmd, FromRedisValue, RedisError};
 
 use super::cache::{Cache, CacheCounters};
-use super::{Counter, Reservation, StoreError};
+use super::store::decode;
+use super::{Counter, Found, Reservation, StoreError};
 
 /// How long the TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -145,44 +146,57 @@ impl RedisStore {
     /// the time left is not asked for, which would double the commands of every signed-in
     /// request; cached, a miss asks for it too (PTTL, in the same round trip), so that an entry
     /// is never served past the session's expiry.
-    pub async fn get(&self, id: &str) -> Result<Option<(String, Option<Duration>)>, StoreError> {
-        let key = self.key(id);
+    pub async fn get(&self, id: &str) -> Result<Option<Found>, StoreError> {
         let Some(cache) = self.cache() else {
-            let state: Option<String> = self.query(redis::cmd("GET").arg(key)).await?;
-            return Ok(state.map(|s| (s, None)));
+            let state: Option<String> = self.query(redis::cmd("GET").arg(self.key(id))).await?;
+            return state
+                .map(|s| {
+                    Ok(Found {
+                        state: decode(&s)?,
+                        left: None,
+                        cached: false,
+                    })
+                })
+                .transpose();
         };
         let asked = Instant::now();
-        if let Some(hit) = cache.get(&key, asked, |_| true) {
-            return Ok(Some(hit));
+        if let Some((state, left)) = cache.get(id, asked, |_| true) {
+            return Ok(Some(Found {
+                state,
+                left,
+                cached: true,
+            }));
         }
         let ticket = cache.ticket();
+        let key = self.key(id);
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
         let mut conn = self.connection().await?;
         let (state, left_ms): (Option<String>, i64) =
             conn.query_pipe(&pipe).await.map_err(|e| self.failed(e))?;
         let Some(state) = state else { return Ok(None) };
+        let state = decode(&state)?;
         let expires = u64::try_from(left_ms)
             .ok()
             .map(|ms| asked + Duration::from_millis(ms));
-        cache.put(ticket, &key, &state, expires, 0);
-        Ok(Some((
+        cache.put(ticket, id, &state, expires, 0);
+        Ok(Some(Found {
             state,
-            expires.map(|at| at.saturating_duration_since(asked)),
-        )))
+            left: expires.map(|at| at.saturating_duration_since(asked)),
+            cached: false,
+        }))
     }
 
     /// Runs a write of `id`'s record, dropping it from the cache before and after: a read
     /// that overlaps the write is not kept, and the next read asks Redis (whose invalidation
     /// of the key is on its way to the other handles).
     async fn write<T: FromRedisValue>(&self, id: &str, cmd: &Cmd) -> Result<T, StoreError> {
-        let key = self.key(id);
         if let Some(cache) = self.inner.cache.get() {
-            cache.invalidate(&key);
+            cache.invalidate(id);
         }
         let result = self.query(cmd).await;
         if let Some(cache) = self.inner.cache.get() {
-            cache.invalidate(&key);
+            cache.invalidate(id);
         }
         result
     }
