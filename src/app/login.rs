@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use actix_session::Session;
+use crate::session::web::Session;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
@@ -278,11 +278,19 @@ pub(super) async fn me(
         return Err(AppError::Unauthorized("session expired; log in again"));
     }
     keep_alive(&session, &state);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "user": user,
-        "worker_pid": state.worker.pid,
-        "worker_id": state.worker.id,
-    })))
+    Ok(HttpResponse::Ok().json(MeX {
+        user,
+        worker_id: state.worker.id,
+        worker_pid: state.worker.pid,
+    }))
+}
+
+/// `GET /me`'s answer (fields in the order `json!` would sort them).
+#[derive(serde::Serialize)]
+pub(super) struct MeX {
+    pub(super) user: String,
+    pub(super) worker_id: u64,
+    pub(super) worker_pid: u32,
 }
 
 /// Renews a signed-in session's idle timeout once per 1/[`RENEW_GRANULARITY`] of it, by a

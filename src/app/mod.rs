@@ -25,19 +25,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix_session::SessionMiddleware;
-use actix_session::config::{PersistentSession, TtlExtensionPolicy};
 use actix_web::body::MessageBody;
-use actix_web::cookie::{Key, SameSite};
+use actix_web::cookie::Key;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
-use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpResponse, web};
 
 use self::service::SessionConfig;
 use self::store::Store;
 use crate::session::redis::RedisStore;
 use crate::session::sqlite::SqliteStore;
+use crate::session::web::{CookieSettings, Sessions};
 use crate::worker::{BootError, WorkerApp, WorkerInfo};
 use error::AppError;
 use users::Users;
@@ -98,11 +95,16 @@ struct ThreadStore {
 }
 
 impl DemoState {
+    /// This server thread's share of the worker's session cache.
+    fn thread_cache_size(&self) -> usize {
+        self.session.cache_size.div_ceil(self.worker.threads.max(1))
+    }
+
     /// A store handle; `cache`: with this thread's share of the worker's session cache.
     fn open_store(&self, cache: bool) -> Result<Store, BootError> {
         let s = &self.session;
         let size = match cache {
-            true => s.cache_size.div_ceil(self.worker.threads.max(1)),
+            true => self.thread_cache_size(),
             false => 0,
         };
         Ok(match &s.redis_url {
@@ -199,26 +201,23 @@ impl WorkerApp for DemoApp {
             Arc::clone(&state.up),
             state.worker.link.clone(),
         );
+        let sessions = sessions(state, &thread);
         cfg.app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(thread.clone()))
             .service(with_session(
-                state,
-                &thread,
+                &sessions,
                 web::resource("/").route(web::get().to(page::index)),
             ))
             .service(with_session(
-                state,
-                &thread,
+                &sessions,
                 web::resource("/login").route(web::post().to(login)),
             ))
             .service(with_session(
-                state,
-                &thread,
+                &sessions,
                 web::resource("/me").route(web::get().to(me)),
             ))
             .service(with_session(
-                state,
-                &thread,
+                &sessions,
                 web::resource("/logout").route(web::post().to(logout)),
             ));
         #[cfg(debug_assertions)]
@@ -244,11 +243,28 @@ fn spawn_probe(store: Store, up: Arc<AtomicBool>, link: crate::worker::MasterLin
     });
 }
 
+/// The session middleware of one server thread, shared by its routes (and so its remembered
+/// cookies). Renewed by `login::keep_alive`'s state change, not on every request: a read
+/// writes nothing and sets no cookie.
+fn sessions(state: &DemoState, thread: &ThreadStore) -> Sessions<Store> {
+    let s = &state.session;
+    let cookie = CookieSettings {
+        secure: s.cookie_secure,
+        ..CookieSettings::new(s.cookie_name.clone())
+    };
+    Sessions::new(
+        thread.store.clone(),
+        state.key.clone(),
+        cookie,
+        s.idle_timeout,
+        state.thread_cache_size(),
+    )
+}
+
 /// Wraps a resource in the session middleware (only routes that use sessions: `/healthz` keeps
-/// working when the store is down) and turns the middleware's store failures into 503.
+/// working when the store is down; the middleware answers 503 when the store fails).
 fn with_session<T, B>(
-    state: &DemoState,
-    thread: &ThreadStore,
+    sessions: &Sessions<Store>,
     resource: actix_web::Resource<T>,
 ) -> impl actix_web::dev::HttpServiceFactory + use<T, B>
 where
@@ -261,43 +277,11 @@ where
         > + 'static,
     B: MessageBody + 'static,
 {
-    let s = &state.session;
-    // Renewed by `login::keep_alive`'s state change, not on every request: a read then writes
-    // nothing and sets no cookie.
-    let lifecycle = PersistentSession::default()
-        .session_ttl(actix_web::cookie::time::Duration::seconds(
-            s.idle_timeout.as_secs() as i64,
-        ))
-        .session_ttl_extension_policy(TtlExtensionPolicy::OnStateChanges);
-    let middleware = SessionMiddleware::builder(thread.store.clone(), state.key.clone())
-        .cookie_name(s.cookie_name.clone())
-        .cookie_secure(s.cookie_secure)
-        .cookie_http_only(true)
-        .cookie_same_site(SameSite::Lax)
-        .session_lifecycle(lifecycle)
-        .build();
     resource
-        .wrap(middleware)
-        .wrap(from_fn(store_errors_as_503))
+        .wrap(sessions.clone())
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(AppError::MethodNotAllowed)
         }))
-}
-
-/// actix-session answers an empty 500 when its store fails (load, save, renew, delete). Behind
-/// these routes the store is the only thing that can fail that way, and the client should retry,
-/// not report a bug: answer 503 JSON.
-async fn store_errors_as_503(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    match next.call(req).await {
-        Err(e) if e.as_response_error().status_code() == StatusCode::INTERNAL_SERVER_ERROR => {
-            tracing::warn!(error = %e, "session store failed during the request");
-            Err(AppError::StoreUnavailable.into())
-        }
-        other => other,
-    }
 }
 
 fn unix_now() -> u64 {

@@ -3,7 +3,7 @@
 //! the same `/login` and `/logout` as programs do; a form post is answered with a redirect back
 //! to `/` instead of JSON. Runs in workers.
 
-use actix_session::Session;
+use crate::session::web::Session;
 use actix_web::http::header::{CONTENT_TYPE, LOCATION};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 

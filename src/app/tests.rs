@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use actix_web::http::StatusCode;
 use actix_web::{App, test};
 
 use super::*;

@@ -10,7 +10,9 @@
 //!   workers of one host, so `cargo run` needs nothing installed.
 //!
 //! Both are plain actix-session stores: `SessionMiddleware::new(store, key)` in any app, with or
-//! without a master. The TTL actix-session hands them is the only one: a record expires that
+//! without a master. [`web::Sessions`] is a leaner middleware over the same trait and cookie,
+//! which the demo uses: a signed-in read from the cache then costs little more than a route
+//! without a session. The TTL actix-session hands them is the only one: a record expires that
 //! long after it was saved or last renewed. A renewal (`update_ttl`, which actix-session's
 //! `OnEveryRequest` policy calls) is written only once the expiry has slipped by
 //! 1/`RENEW_GRANULARITY` of the TTL since the session was read, so most signed-in requests are
@@ -26,6 +28,8 @@ pub mod redis;
 pub mod sqlite;
 #[cfg(feature = "sqlite")]
 mod versions;
+#[cfg(any(feature = "redis", feature = "sqlite"))]
+pub mod web;
 #[cfg(any(feature = "redis", feature = "sqlite"))]
 pub use cache::{CacheCounters, TRUST_FOR, VOUCH_EVERY};
 #[cfg(any(feature = "redis", feature = "sqlite"))]
