@@ -106,27 +106,51 @@ impl<St: SessionStore + 'static> Sessions<St> {
 }
 
 impl<St> Shared<St> {
-    /// The id the request's session cookie names, if it carries a valid one.
+    /// The id the request's session cookie names, if it carries a valid one. The cookie is the
+    /// one actix-session would take: the first cookie of that name that parses (names and
+    /// values percent-decoded, unparsable ones skipped; a header that is not UTF-8 makes the
+    /// request anonymous), and only its decryption decides.
     fn session_key(&self, headers: &HeaderMap) -> Option<SessionKey> {
-        let pair = cookie_pair(headers, &self.cookie.name)?;
-        let value = &pair[self.cookie.name.len() + 1..];
-        if let Some(memo) = &self.memo
-            && let Some(id) = memo.borrow_mut().get(value)
-        {
-            return SessionKey::try_from(id.clone()).ok();
+        let name = self.cookie.name.as_str();
+        for pair in cookie_pairs(headers)? {
+            let Some((raw_name, raw_value)) = pair.split_once('=') else {
+                continue; // no cookie at all: skipped
+            };
+            let raw_name = raw_name.trim();
+            // A name spelled with escapes is compared once decoded (rare: parsed in full).
+            if raw_name != name && !raw_name.contains('%') {
+                continue;
+            }
+            if raw_name == name
+                && let Some(memo) = &self.memo
+                && let Some(id) = memo.borrow_mut().get(raw_value)
+            {
+                return SessionKey::try_from(id.clone()).ok();
+            }
+            // Percent-decoded as actix-web decodes request cookies.
+            let Ok(cookie) = Cookie::parse_encoded(pair) else {
+                continue;
+            };
+            if cookie.name() != name {
+                continue;
+            }
+            return self.open(cookie.into_owned(), (raw_name == name).then_some(raw_value));
         }
-        // Percent-decoded as actix-web decodes request cookies.
-        let cookie = Cookie::parse_encoded(pair).ok()?.into_owned();
+        None
+    }
+
+    /// Decrypts `cookie`; remembers the id under the value as it was sent, if given.
+    fn open(&self, cookie: Cookie<'static>, sent: Option<&str>) -> Option<SessionKey> {
         let Some(plain) = CookieJar::new().private(&self.key).decrypt(cookie) else {
             tracing::debug!("a session cookie failed to decrypt; the request is anonymous");
             return None;
         };
         let id = plain.value().to_string();
         let key = SessionKey::try_from(id.clone()).ok()?;
-        if let Some(memo) = &self.memo
-            && value.len() <= MEMO_VALUE_MAX
+        if let (Some(memo), Some(sent)) = (&self.memo, sent)
+            && sent.len() <= MEMO_VALUE_MAX
         {
-            memo.borrow_mut().insert(value.to_string(), id);
+            memo.borrow_mut().insert(sent.to_string(), id);
         }
         Some(key)
     }
@@ -163,16 +187,23 @@ impl<St> Shared<St> {
     }
 }
 
-/// The `name=value` pair of the first cookie called `name` in the request's `Cookie` headers.
-fn cookie_pair<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
-        .map(str::trim)
-        .find(|pair| {
-            pair.len() > name.len() && pair.as_bytes()[name.len()] == b'=' && pair.starts_with(name)
-        })
+/// The non-empty `;`-separated pairs of the request's `Cookie` headers, trimmed; `None` when a
+/// header is not UTF-8 (actix-web then reads no cookie at all).
+fn cookie_pairs(headers: &HeaderMap) -> Option<impl Iterator<Item = &str>> {
+    fn text(h: &HeaderValue) -> Option<&str> {
+        std::str::from_utf8(h.as_bytes()).ok()
+    }
+    if !headers.get_all(COOKIE).all(|h| text(h).is_some()) {
+        return None;
+    }
+    Some(
+        headers
+            .get_all(COOKIE)
+            .filter_map(text)
+            .flat_map(|h| h.split(';'))
+            .map(str::trim)
+            .filter(|p| !p.is_empty()),
+    )
 }
 
 impl<S, St, B> Transform<S, ServiceRequest> for Sessions<St>

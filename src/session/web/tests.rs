@@ -152,59 +152,203 @@ async fn cookies_pass_both_ways_between_actix_session_and_this_middleware() {
     assert_eq!(test::read_body(res).await, "bob");
 }
 
-#[actix_web::test]
-async fn a_read_writes_nothing_and_each_change_does_what_actix_session_does() {
-    let dir = TempDir::new("status");
-    let key = Key::generate();
+fn theirs(store: SqliteStore, key: &Key) -> SessionMiddleware<SqliteStore> {
+    SessionMiddleware::builder(store, key.clone())
+        .cookie_name("sid".into())
+        .session_lifecycle(PersistentSession::default().session_ttl(CookieDuration::seconds(600)))
+        .build()
+}
+
+/// Runs SQL on the store's file behind the middleware's back.
+fn sql(dir: &TempDir, statement: &str) {
+    rusqlite::Connection::open(dir.store().path())
+        .unwrap()
+        .execute(statement, [])
+        .unwrap();
+}
+
+/// One line per request of a fixed story: status, body, what `Set-Cookie` did, the records
+/// in the store. Ids and nonces differ between runs, so they are left out.
+async fn story<S, B>(app: &S, dir: &TempDir) -> Vec<String>
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
     let store = dir.store();
-    let app = test::init_service(
-        App::new()
-            .wrap(ours(dir.store(), &key))
-            .configure(routes!(Session)),
-    )
-    .await;
-    let call = |method: &str, uri: &str, cookie: Option<&str>| {
+    let mut lines = Vec::new();
+    let mut cookies: Vec<String> = Vec::new();
+    let steps: [(&str, &str, Option<usize>, Option<&str>); 16] = [
+        ("GET", "/get", None, None),
+        ("POST", "/set/alice", None, None), // cookie 0
+        ("GET", "/get", Some(0), None),
+        ("GET", "/get", Some(0), None),
+        ("POST", "/set/bob", Some(0), None), // cookie 1: the same id, a fresh Max-Age
+        ("GET", "/get", Some(0), None),
+        ("POST", "/renew", Some(1), None), // cookie 2: a new id
+        ("GET", "/get", Some(1), None),
+        ("GET", "/get", Some(2), Some("DELETE FROM sessions")),
+        ("POST", "/set/carol", Some(2), None), // cookie 3: a new session
+        (
+            "GET",
+            "/get",
+            Some(3),
+            Some("UPDATE sessions SET state = 'not json'"),
+        ),
+        ("POST", "/set/dave", Some(3), None), // cookie 4: the corrupt record rewritten
+        ("GET", "/get", Some(3), None),
+        ("POST", "/purge", Some(4), None),
+        ("GET", "/get", Some(3), None),
+        ("POST", "/purge", None, None),
+    ];
+    for (method, uri, cookie, before) in steps {
+        if let Some(statement) = before {
+            sql(dir, statement);
+        }
         let mut req = match method {
             "GET" => test::TestRequest::get(),
             _ => test::TestRequest::post(),
         }
         .uri(uri);
-        if let Some(c) = cookie {
-            req = req.insert_header((COOKIE, c.to_string()));
+        if let Some(i) = cookie {
+            req = req.insert_header((COOKIE, cookies[i].clone()));
         }
-        test::call_service(&app, req.to_request())
-    };
-
-    // Anonymous and untouched: no record, no cookie.
-    let res = call("GET", "/get", None).await;
-    assert_eq!((res.status().as_u16(), set_cookie(&res)), (401, None));
-    assert_eq!(records(&store).await, 0);
-
-    let first = pair(&set_cookie(&call("POST", "/set/alice", None).await).unwrap());
-    assert_eq!(records(&store).await, 1);
-    for _ in 0..3 {
-        let res = call("GET", "/get", Some(&first)).await;
-        assert_eq!(res.status(), 200);
-        assert_eq!(set_cookie(&res), None, "a read sets no cookie");
+        let res = test::call_service(app, req.to_request()).await;
+        let status = res.status().as_u16();
+        let set = set_cookie(&res);
+        let body = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+        let did = match &set {
+            None => "no cookie".to_string(),
+            Some(c) if c.contains("Max-Age=0") => "cookie expired".to_string(),
+            Some(c) => {
+                cookies.push(pair(c));
+                let age = c
+                    .split("; ")
+                    .find(|a| a.starts_with("Max-Age"))
+                    .unwrap_or("");
+                format!("cookie set, {age}")
+            }
+        };
+        lines.push(format!(
+            "{method} {uri} -> {status} {body:?}, {did}, {} records",
+            records(&store).await
+        ));
     }
+    lines
+}
 
-    // Renewed: the state moves to a new id; the old cookie names nothing.
-    let second = pair(&set_cookie(&call("POST", "/renew", Some(&first)).await).unwrap());
-    assert_ne!(first, second);
-    assert_eq!(records(&store).await, 1);
-    assert_eq!(call("GET", "/get", Some(&first)).await.status(), 401);
-    let res = call("GET", "/get", Some(&second)).await;
-    assert_eq!(test::read_body(res).await, "alice");
+#[actix_web::test]
+async fn every_change_does_what_actix_session_does() {
+    let (da, db) = (TempDir::new("story-a"), TempDir::new("story-b"));
+    let key = Key::generate();
+    let a = test::init_service(
+        App::new()
+            .wrap(theirs(da.store(), &key))
+            .configure(routes!(actix_session::Session)),
+    )
+    .await;
+    let b = test::init_service(
+        App::new()
+            .wrap(ours(db.store(), &key))
+            .configure(routes!(Session)),
+    )
+    .await;
+    let (theirs, ours) = (story(&a, &da).await, story(&b, &db).await);
+    assert_eq!(theirs, ours);
+    // And the story is the one intended, not two middlewares wrong in the same way.
+    let expected = [
+        "GET /get -> 401 \"\", no cookie, 0 records",
+        "POST /set/alice -> 200 \"\", cookie set, Max-Age=600, 1 records",
+        "GET /get -> 200 \"alice\", no cookie, 1 records",
+        "GET /get -> 200 \"alice\", no cookie, 1 records",
+        "POST /set/bob -> 200 \"\", cookie set, Max-Age=600, 1 records",
+        "GET /get -> 200 \"bob\", no cookie, 1 records",
+        "POST /renew -> 200 \"\", cookie set, Max-Age=600, 1 records",
+        "GET /get -> 401 \"\", no cookie, 1 records",
+        "GET /get -> 401 \"\", no cookie, 0 records",
+        "POST /set/carol -> 200 \"\", cookie set, Max-Age=600, 1 records",
+        "GET /get -> 401 \"\", no cookie, 1 records",
+        "POST /set/dave -> 200 \"\", cookie set, Max-Age=600, 1 records",
+        "GET /get -> 200 \"dave\", no cookie, 1 records",
+        "POST /purge -> 200 \"\", cookie expired, 0 records",
+        "GET /get -> 401 \"\", no cookie, 0 records",
+        "POST /purge -> 200 \"\", no cookie, 0 records",
+    ];
+    assert_eq!(ours, expected);
+}
 
-    // Purged: the record goes, the cookie is expired, the old value is anonymous.
-    let res = call("POST", "/purge", Some(&second)).await;
-    let removal = set_cookie(&res).unwrap();
-    assert!(
-        removal.starts_with("sid=;") && removal.contains("Max-Age=0"),
-        "{removal}"
+/// The status of `GET /get` with each set of `Cookie` headers.
+async fn statuses<S, B>(app: &S, cases: Vec<Vec<HeaderValue>>) -> Vec<u16>
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+{
+    let mut out = Vec::new();
+    for case in cases {
+        let mut req = test::TestRequest::get().uri("/get").to_request();
+        for v in case {
+            req.headers_mut().append(COOKIE, v);
+        }
+        out.push(test::call_service(app, req).await.status().as_u16());
+    }
+    out
+}
+
+#[actix_web::test]
+async fn cookie_headers_are_read_as_actix_web_reads_them() {
+    let (da, db) = (TempDir::new("headers-a"), TempDir::new("headers-b"));
+    let key = Key::generate();
+    let a = test::init_service(
+        App::new()
+            .wrap(theirs(da.store(), &key))
+            .configure(routes!(actix_session::Session)),
+    )
+    .await;
+    let b = test::init_service(
+        App::new()
+            .wrap(ours(db.store(), &key))
+            .configure(routes!(Session)),
+    )
+    .await;
+    let login = |app_cookie: ServiceResponse| pair(&set_cookie(&app_cookie).unwrap());
+    let ca = login(
+        test::call_service(&a, test::TestRequest::post().uri("/set/alice").to_request()).await,
     );
-    assert_eq!(records(&store).await, 0);
-    assert_eq!(call("GET", "/get", Some(&second)).await.status(), 401);
+    let cb = login(
+        test::call_service(&b, test::TestRequest::post().uri("/set/alice").to_request()).await,
+    );
+    let value = |c: &str| c.strip_prefix("sid=").unwrap().to_string();
+    let headers = |c: &str| -> Vec<Vec<HeaderValue>> {
+        let v = value(c);
+        let h = |s: String| HeaderValue::from_str(&s).unwrap();
+        vec![
+            vec![h(c.to_string())],
+            vec![h(format!("a=1; {c}; b=2"))],
+            vec![h(format!("sidx=1;{c}"))],
+            vec![h(format!("sid=%FF; {c}"))],
+            vec![h(format!("sid=garbage; {c}"))],
+            vec![h(format!(" sid = {v} "))],
+            vec![h(format!("si%64={v}"))],
+            vec![h("lang=x".into()), h(c.to_string())],
+            vec![
+                HeaderValue::from_bytes(b"lang=fran\xc3\xa7ais").unwrap(),
+                h(c.to_string()),
+            ],
+            vec![
+                HeaderValue::from_bytes(b"lang=\xff").unwrap(),
+                h(c.to_string()),
+            ],
+            vec![h(format!("{c}; sid=other"))],
+            vec![h("garbage without equals".into()), h(c.to_string())],
+        ]
+    };
+    let (theirs, ours) = (
+        statuses(&a, headers(&ca)).await,
+        statuses(&b, headers(&cb)).await,
+    );
+    assert_eq!(theirs, ours);
+    assert_eq!(
+        ours,
+        [200, 200, 200, 200, 401, 200, 200, 200, 200, 401, 200, 200]
+    );
 }
 
 #[actix_web::test]
