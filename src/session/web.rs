@@ -67,7 +67,40 @@ impl CookieSettings {
 
 /// The middleware: `resource.wrap(sessions.clone())` on each route that uses sessions. Clones
 /// share the store handle and the remembered cookies; build one per server thread (it is not
-/// `Send`), e.g. in `App::configure`.
+/// `Send`), e.g. in the `HttpServer::new` closure or `App::configure`.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use actix_web::cookie::Key;
+/// use actix_web::{App, HttpServer, web};
+/// use clusterd::session::sqlite::SqliteStore;
+/// use clusterd::session::web::{CookieSettings, Session, Sessions};
+///
+/// async fn me(session: Session) -> String {
+///     match session.get::<String>("user") {
+///         Ok(Some(user)) => user,
+///         _ => "anonymous".into(),
+///     }
+/// }
+///
+/// # async fn run(key: Key) -> std::io::Result<()> {
+/// HttpServer::new(move || {
+///     let store = SqliteStore::open("/var/lib/app".as_ref()).expect("the session store");
+///     let sessions = Sessions::new(
+///         store,
+///         key.clone(),
+///         CookieSettings::new("app_session"),
+///         Duration::from_secs(1800),
+///         10_000,
+///     );
+///     App::new().service(web::resource("/me").wrap(sessions).route(web::get().to(me)))
+/// })
+/// .bind("127.0.0.1:8080")?
+/// .run()
+/// .await
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Sessions<St> {
     shared: Rc<Shared<St>>,
