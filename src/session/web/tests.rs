@@ -38,6 +38,35 @@ fn ours(store: SqliteStore, key: &Key) -> Sessions<SqliteStore> {
     Sessions::new(store, key.clone(), CookieSettings::new("sid"), TTL, 16)
 }
 
+/// actix-session's middleware, configured as [`ours`] is.
+fn theirs(store: SqliteStore, key: &Key) -> SessionMiddleware<SqliteStore> {
+    SessionMiddleware::builder(store, key.clone())
+        .cookie_name("sid".into())
+        .session_lifecycle(PersistentSession::default().session_ttl(CookieDuration::seconds(600)))
+        .build()
+}
+
+/// The same routes behind actix-session's middleware (on `$a`'s store) and behind ours (on
+/// `$b`'s), with one key.
+macro_rules! both {
+    ($a:expr, $b:expr) => {{
+        let key = Key::generate();
+        let theirs = test::init_service(
+            App::new()
+                .wrap(theirs($a.store(), &key))
+                .configure(routes!(actix_session::Session)),
+        )
+        .await;
+        let ours = test::init_service(
+            App::new()
+                .wrap(ours($b.store(), &key))
+                .configure(routes!(Session)),
+        )
+        .await;
+        (theirs, ours)
+    }};
+}
+
 /// `GET /get`: the user or 401; `POST /set/{user}`; `POST /purge`; `POST /renew`.
 macro_rules! routes {
     ($session:ty) => {
@@ -98,23 +127,7 @@ async fn records(store: &SqliteStore) -> i64 {
 #[actix_web::test]
 async fn cookies_pass_both_ways_between_actix_session_and_this_middleware() {
     let dir = TempDir::new("compat");
-    let key = Key::generate();
-    let theirs = SessionMiddleware::builder(dir.store(), key.clone())
-        .cookie_name("sid".into())
-        .session_lifecycle(PersistentSession::default().session_ttl(CookieDuration::seconds(600)))
-        .build();
-    let a = test::init_service(
-        App::new()
-            .wrap(theirs)
-            .configure(routes!(actix_session::Session)),
-    )
-    .await;
-    let b = test::init_service(
-        App::new()
-            .wrap(ours(dir.store(), &key))
-            .configure(routes!(Session)),
-    )
-    .await;
+    let (a, b) = both!(dir, dir);
 
     let res =
         test::call_service(&a, test::TestRequest::post().uri("/set/alice").to_request()).await;
@@ -150,13 +163,6 @@ async fn cookies_pass_both_ways_between_actix_session_and_this_middleware() {
     )
     .await;
     assert_eq!(test::read_body(res).await, "bob");
-}
-
-fn theirs(store: SqliteStore, key: &Key) -> SessionMiddleware<SqliteStore> {
-    SessionMiddleware::builder(store, key.clone())
-        .cookie_name("sid".into())
-        .session_lifecycle(PersistentSession::default().session_ttl(CookieDuration::seconds(600)))
-        .build()
 }
 
 /// Runs SQL on the store's file behind the middleware's back.
@@ -239,19 +245,7 @@ where
 #[actix_web::test]
 async fn every_change_does_what_actix_session_does() {
     let (da, db) = (TempDir::new("story-a"), TempDir::new("story-b"));
-    let key = Key::generate();
-    let a = test::init_service(
-        App::new()
-            .wrap(theirs(da.store(), &key))
-            .configure(routes!(actix_session::Session)),
-    )
-    .await;
-    let b = test::init_service(
-        App::new()
-            .wrap(ours(db.store(), &key))
-            .configure(routes!(Session)),
-    )
-    .await;
+    let (a, b) = both!(da, db);
     let (theirs, ours) = (story(&a, &da).await, story(&b, &db).await);
     assert_eq!(theirs, ours);
     // And the story is the one intended, not two middlewares wrong in the same way.
@@ -295,19 +289,7 @@ where
 #[actix_web::test]
 async fn cookie_headers_are_read_as_actix_web_reads_them() {
     let (da, db) = (TempDir::new("headers-a"), TempDir::new("headers-b"));
-    let key = Key::generate();
-    let a = test::init_service(
-        App::new()
-            .wrap(theirs(da.store(), &key))
-            .configure(routes!(actix_session::Session)),
-    )
-    .await;
-    let b = test::init_service(
-        App::new()
-            .wrap(ours(db.store(), &key))
-            .configure(routes!(Session)),
-    )
-    .await;
+    let (a, b) = both!(da, db);
     let login = |app_cookie: ServiceResponse| pair(&set_cookie(&app_cookie).unwrap());
     let ca = login(
         test::call_service(&a, test::TestRequest::post().uri("/set/alice").to_request()).await,
