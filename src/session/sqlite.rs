@@ -35,9 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::cache::{Cache, CacheCounters};
-use super::store::decode;
 use super::versions::Versions;
-use super::{Counter, Found, Reservation, StoreError};
+use super::{Counter, Found, Reservation, StoreError, decode};
 
 /// File name inside the data dir.
 pub const FILE_NAME: &str = "sessions.sqlite3";

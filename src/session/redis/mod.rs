@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 use redis::{Client, Cmd, FromRedisValue, RedisError};
 
 use super::cache::{Cache, CacheCounters};
-use super::store::decode;
-use super::{Counter, Found, Reservation, StoreError};
+use super::{Counter, Found, Reservation, StoreError, decode};
 
 /// How long the TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
