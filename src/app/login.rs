@@ -278,7 +278,7 @@ pub(super) async fn me(
         return Err(AppError::Unauthorized("session expired; log in again"));
     }
     keep_alive(&session, &state);
-    Ok(HttpResponse::Ok().json(MeX {
+    Ok(HttpResponse::Ok().json(Me {
         user,
         worker_id: state.worker.id,
         worker_pid: state.worker.pid,
@@ -287,10 +287,10 @@ pub(super) async fn me(
 
 /// `GET /me`'s answer (fields in the order `json!` would sort them).
 #[derive(serde::Serialize)]
-pub(super) struct MeX {
-    pub(super) user: String,
-    pub(super) worker_id: u64,
-    pub(super) worker_pid: u32,
+struct Me {
+    user: String,
+    worker_id: u64,
+    worker_pid: u32,
 }
 
 /// Renews a signed-in session's idle timeout once per 1/[`RENEW_GRANULARITY`] of it, by a

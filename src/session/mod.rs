@@ -35,6 +35,6 @@ pub use cache::{CacheCounters, TRUST_FOR, VOUCH_EVERY};
 #[cfg(any(feature = "redis", feature = "sqlite"))]
 mod store;
 #[cfg(any(feature = "redis", feature = "sqlite"))]
-pub use store::{Counter, Found, RENEW_GRANULARITY, Reservation, State, StoreError};
+pub(crate) use store::Renewals;
 #[cfg(any(feature = "redis", feature = "sqlite"))]
-pub(crate) use store::{Renewals, decode};
+pub use store::{Counter, Found, RENEW_GRANULARITY, Reservation, State, StoreError};

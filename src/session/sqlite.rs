@@ -36,7 +36,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::cache::{Cache, CacheCounters};
 use super::versions::Versions;
-use super::{Counter, Found, Reservation, StoreError, decode};
+use super::{Counter, Found, Reservation, StoreError};
 
 /// File name inside the data dir.
 pub const FILE_NAME: &str = "sessions.sqlite3";
@@ -351,13 +351,7 @@ impl SqliteStore {
             Ok(row.map(|(s, at)| (s, Duration::from_millis((at - now).max(0) as u64))))
         })
         .await?
-        .map(|(text, left)| {
-            Ok(Found {
-                state: decode(&text)?,
-                left: Some(left),
-                cached: false,
-            })
-        })
+        .map(|(text, left)| Found::read(&text, Some(left)))
         .transpose()
     }
 

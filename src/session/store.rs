@@ -53,7 +53,7 @@ fn encode(state: &State) -> Result<String, anyhow::Error> {
 }
 
 /// A record's state as the store keeps it (JSON).
-pub(crate) fn decode(text: &str) -> Result<State, StoreError> {
+fn decode(text: &str) -> Result<State, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -66,6 +66,17 @@ pub struct Found {
     pub left: Option<Duration>,
     /// Answered from the handle's cache (whose entry kept the time left the store reported).
     pub cached: bool,
+}
+
+impl Found {
+    /// A record the store itself just answered (not the cache), decoded.
+    pub(crate) fn read(text: &str, left: Option<Duration>) -> Result<Found, StoreError> {
+        Ok(Found {
+            state: decode(text)?,
+            left,
+            cached: false,
+        })
+    }
 }
 
 /// A renewal is written once the expiry has slipped by 1/30 of the TTL (a minute at 30

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use redis::{Client, Cmd, FromRedisValue, RedisError};
 
 use super::cache::{Cache, CacheCounters};
-use super::{Counter, Found, Reservation, StoreError, decode};
+use super::{Counter, Found, Reservation, StoreError};
 
 /// How long the TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -148,15 +148,7 @@ impl RedisStore {
     pub async fn get(&self, id: &str) -> Result<Option<Found>, StoreError> {
         let Some(cache) = self.cache() else {
             let state: Option<String> = self.query(redis::cmd("GET").arg(self.key(id))).await?;
-            return state
-                .map(|s| {
-                    Ok(Found {
-                        state: decode(&s)?,
-                        left: None,
-                        cached: false,
-                    })
-                })
-                .transpose();
+            return state.map(|s| Found::read(&s, None)).transpose();
         };
         let asked = Instant::now();
         if let Some((state, left)) = cache.get(id, asked, |_| true) {
@@ -174,16 +166,15 @@ impl RedisStore {
         let (state, left_ms): (Option<String>, i64) =
             conn.query_pipe(&pipe).await.map_err(|e| self.failed(e))?;
         let Some(state) = state else { return Ok(None) };
-        let state = decode(&state)?;
         let expires = u64::try_from(left_ms)
             .ok()
             .map(|ms| asked + Duration::from_millis(ms));
-        cache.put(ticket, id, &state, expires, 0);
-        Ok(Some(Found {
-            state,
-            left: expires.map(|at| at.saturating_duration_since(asked)),
-            cached: false,
-        }))
+        let found = Found::read(
+            &state,
+            expires.map(|at| at.saturating_duration_since(asked)),
+        )?;
+        cache.put(ticket, id, &found.state, expires, 0);
+        Ok(Some(found))
     }
 
     /// Runs a write of `id`'s record, dropping it from the cache before and after: a read
