@@ -1,8 +1,11 @@
 //! Logging in and out, and the protected route: reading credentials, the throttle, the
 //! same-site check. Runs in workers.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::session::web::Session;
 use actix_web::http::header::CONTENT_TYPE;
@@ -293,19 +296,106 @@ struct Me {
     worker_pid: u32,
 }
 
-/// Renews a signed-in session's idle timeout once per 1/[`RENEW_GRANULARITY`] of it, by a
-/// state change: actix-session (`OnStateChanges`) then writes the session with a fresh TTL and
-/// sends the cookie again with a fresh `Max-Age`. Between renewals a signed-in request writes
-/// nothing and sets no cookie, which is what lets the session cache answer it alone. A session
-/// then expires between 29/30 of the idle timeout and all of it after its last use. Counted
-/// from each session's own last renewal, so sessions do not all renew in the same second.
+/// Renews a signed-in session's idle timeout about once per 1/[`RENEW_GRANULARITY`] of it, by a
+/// state change: the session middleware then writes the session with a fresh TTL and sends the
+/// cookie again with a fresh `Max-Age`. Between renewals a signed-in request writes nothing and
+/// sets no cookie, which is what lets the session cache answer it alone. A session then expires
+/// between 29/30 of the idle timeout and all of it after its last use.
+///
+/// A renewal costs the store a write and every worker holding the session a read (the write
+/// invalidates their copies), so two things keep renewals apart:
+/// - each renewal picks the moment of the next one at random between half and all of the
+///   interval (`renew_at`, in milliseconds, in the session, so every worker agrees): sessions
+///   that signed in together, as a burst of logins or a load test does, renew at different
+///   moments, not all in the same second;
+/// - the workers take turns ([`TURNS`] of them by slot, up to half a second apart): the first
+///   to see a session due renews it, and the others, seeing the renewed state by their turn,
+///   do not write it again;
+/// - the requests of one session that a server thread serves while that session's renewal is
+///   being written still read the state before it; the first renews, the others leave it to
+///   that one (for [`RENEWAL_CLAIM`], after which a renewal that did not land is tried again).
 pub(super) fn keep_alive(session: &Session, state: &DemoState) {
-    let every = (state.session.idle_timeout.as_secs() / u64::from(RENEW_GRANULARITY)).max(1);
-    let now = unix_now();
-    let renewed = session.get::<u64>("renewed_at").ok().flatten();
-    if renewed.is_none_or(|at| now.saturating_sub(at) >= every) {
-        let _ = session.insert("renewed_at", now);
+    let every =
+        (state.session.idle_timeout.as_millis() as u64 / u64::from(RENEW_GRANULARITY)).max(1_000);
+    let now = unix_now_ms();
+    let renew_at = session.get::<u64>("renew_at").ok().flatten();
+    let turn = (state.worker.slot as u64 % TURNS) * turn_step(every);
+    if !renewal_due(now, renew_at.map(|at| at + turn), every) {
+        return;
     }
+    if let (Some(at), Ok(Some(user))) = (renew_at, session.get::<String>("user")) {
+        let login_at = session.get::<u64>("login_at").ok().flatten().unwrap_or(0);
+        if !RENEWALS.with(|claims| claims.borrow_mut().claim((user, login_at, at))) {
+            return;
+        }
+    }
+    let next = next_renewal(now, every, &mut rand::rng());
+    // Sessions written before `renew_at` existed carry the second of their last renewal.
+    session.remove("renewed_at");
+    let _ = session.insert("renew_at", next);
+}
+
+/// Renewal turns: workers whose slots differ by less than this renew a due session at
+/// different moments.
+const TURNS: u64 = 4;
+
+/// How far apart the turns are: long enough for a renewal's write to reach the other workers'
+/// caches, short against the renewal interval `every` (milliseconds).
+fn turn_step(every: u64) -> u64 {
+    (every / 8).min(500)
+}
+
+/// How long a server thread leaves a session's renewal to the request that started it.
+const RENEWAL_CLAIM: Duration = Duration::from_secs(2);
+
+/// Claims kept at most by one server thread (more are forgotten, which costs duplicate writes).
+const RENEWAL_CLAIMS_KEPT: usize = 4096;
+
+thread_local! {
+    static RENEWALS: RefCell<Claims> = RefCell::new(Claims::default());
+}
+
+/// Renewals a server thread started recently, by the session they renew: its user, login time
+/// and the `renew_at` the renewal replaces (random to the millisecond, so two sessions share it
+/// by chance only, and then one renews a moment later).
+#[derive(Default)]
+struct Claims(HashMap<(String, u64, u64), Instant>);
+
+impl Claims {
+    /// Whether this request renews the session (no other did in the last [`RENEWAL_CLAIM`]).
+    fn claim(&mut self, session: (String, u64, u64)) -> bool {
+        let now = Instant::now();
+        if self
+            .0
+            .get(&session)
+            .is_some_and(|at| now < *at + RENEWAL_CLAIM)
+        {
+            return false;
+        }
+        if self.0.len() >= RENEWAL_CLAIMS_KEPT {
+            self.0.retain(|_, at| now < *at + RENEWAL_CLAIM);
+            if self.0.len() >= RENEWAL_CLAIMS_KEPT {
+                self.0.clear();
+            }
+        }
+        self.0.insert(session, now);
+        true
+    }
+}
+
+/// Whether a session whose next renewal is due at `renew_at` (unknown: a fresh session, or one
+/// from an older build) renews at `now`, renewals coming `every` apart at most (milliseconds).
+/// A moment further ahead than that means the clock went back: renewing now keeps the session
+/// alive.
+fn renewal_due(now: u64, renew_at: Option<u64>, every: u64) -> bool {
+    renew_at.is_none_or(|at| now >= at || at > now + every)
+}
+
+/// When the session renewed at `now` renews next: from `every` / 2 on, and early enough that
+/// the last turn still comes within `every`.
+fn next_renewal(now: u64, every: u64, rng: &mut impl rand::Rng) -> u64 {
+    let last = every - (TURNS - 1) * turn_step(every);
+    now + rng.random_range(every.div_ceil(2)..=last)
 }
 
 pub(super) async fn logout(
@@ -322,4 +412,59 @@ pub(super) async fn logout(
         return Ok(page::back_to_page(&req, &state, result));
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Claims, RENEWAL_CLAIM, next_renewal, renewal_due};
+
+    #[test]
+    fn a_session_renews_when_its_moment_comes_or_it_has_none() {
+        assert!(renewal_due(1_000, None, 60));
+        assert!(!renewal_due(1_000, Some(1_001), 60));
+        assert!(renewal_due(1_001, Some(1_001), 60));
+        assert!(renewal_due(1_100, Some(1_001), 60));
+        // Further ahead than one interval: the clock went back, renew rather than wait.
+        assert!(!renewal_due(1_000, Some(1_060), 60));
+        assert!(renewal_due(1_000, Some(1_061), 60));
+    }
+
+    #[test]
+    fn sessions_renewed_together_next_renew_spread_over_the_second_half_of_the_interval() {
+        let mut rng = rand::rng();
+        let next: Vec<u64> = (0..1_000)
+            .map(|_| next_renewal(1_000, 80, &mut rng))
+            .collect();
+        // Every 80 ms: turns 10 ms apart, so the last of the 4 turns comes by 1,080.
+        assert!(
+            next.iter().all(|at| (1_040..=1_050).contains(at)),
+            "{next:?}"
+        );
+        let distinct: std::collections::BTreeSet<_> = next.iter().collect();
+        // 11 possible moments; 1,000 draws leave none out but by a broken generator.
+        assert_eq!(distinct.len(), 11, "{distinct:?}");
+        // A minute: turns half a second apart, the last by the minute's end.
+        let next: Vec<u64> = (0..1_000)
+            .map(|_| next_renewal(0, 60_000, &mut rng))
+            .collect();
+        assert!(
+            next.iter().all(|at| (30_000..=58_500).contains(at)),
+            "{next:?}"
+        );
+        assert!(next.iter().any(|at| *at < 35_000) && next.iter().any(|at| *at > 53_500));
+    }
+
+    #[test]
+    fn one_request_per_session_renews_until_its_claim_lapses() {
+        let mut claims = Claims::default();
+        let session = |at: u64| ("alice".to_string(), 1_000, at);
+        assert!(claims.claim(session(5_000)));
+        assert!(!claims.claim(session(5_000)));
+        // Another session (another renew_at) is not held up.
+        assert!(claims.claim(session(5_001)));
+        // A claim older than RENEWAL_CLAIM no longer holds: that renewal did not land.
+        let stale = claims.0.get_mut(&session(5_000)).unwrap();
+        *stale -= RENEWAL_CLAIM;
+        assert!(claims.claim(session(5_000)));
+    }
 }

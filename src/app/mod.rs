@@ -290,6 +290,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Debug builds only: a request that takes `ms` milliseconds (at most 10 s), so tests can have
 /// a request in flight during a stop or a reload.
 #[cfg(debug_assertions)]
