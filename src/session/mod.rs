@@ -21,6 +21,8 @@
 #[cfg(any(feature = "redis", feature = "sqlite"))]
 mod cache;
 pub mod files;
+#[cfg(feature = "redis")]
+mod flight;
 pub mod key;
 #[cfg(feature = "redis")]
 pub mod redis;

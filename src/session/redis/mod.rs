@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use redis::{Client, Cmd, FromRedisValue, RedisError};
 
 use super::cache::{Cache, CacheCounters};
+use super::flight::{self, Flights, Outcome, Turn};
 use super::{Counter, Found, Reservation, StoreError};
 
 /// How long the TCP connect may take.
@@ -56,6 +57,8 @@ struct Inner {
     cache: OnceLock<Arc<Cache>>,
     /// The server refused RESP3 or `CLIENT TRACKING` (warned once): reads are not cached.
     untracked: AtomicBool,
+    /// Cache misses under way, so concurrent misses of one session send one read.
+    flights: Flights,
 }
 
 impl RedisStore {
@@ -85,6 +88,7 @@ impl RedisStore {
                 connecting: tokio::sync::Mutex::new(()),
                 cache: OnceLock::new(),
                 untracked: AtomicBool::new(false),
+                flights: Flights::default(),
             }),
             renewals: crate::session::Renewals::default(),
         };
@@ -158,6 +162,53 @@ impl RedisStore {
                 cached: true,
             }));
         }
+        let lead = match self.inner.flights.join(id) {
+            Turn::Lead(lead) => Some(lead),
+            // Another request of this session is reading it: take what that read found. A
+            // record it found is served from the cache, if no invalidation refused it there.
+            Turn::Follow(read) => match flight::follow(read).await {
+                Some(Outcome::Found) => {
+                    if let Some((state, left)) = cache.get(id, Instant::now(), |_| true) {
+                        return Ok(Some(Found {
+                            state,
+                            left,
+                            cached: true,
+                        }));
+                    }
+                    None
+                }
+                Some(Outcome::Missing) => return Ok(None),
+                Some(Outcome::Corrupt) => {
+                    return Err(StoreError::Corrupt("read by a concurrent request".into()));
+                }
+                Some(Outcome::Failed) => {
+                    return Err(StoreError::Unavailable(
+                        "a concurrent read of this session failed".into(),
+                    ));
+                }
+                // That request went away: read for this one.
+                None => None,
+            },
+        };
+        let read = self.read(cache, id, asked).await;
+        if let Some(lead) = lead {
+            lead.finish(match &read {
+                Ok(Some(_)) => Outcome::Found,
+                Ok(None) => Outcome::Missing,
+                Err(StoreError::Corrupt(_)) => Outcome::Corrupt,
+                Err(_) => Outcome::Failed,
+            });
+        }
+        read
+    }
+
+    /// A cache miss's read: the record and its time left (one round trip), offered to the cache.
+    async fn read(
+        &self,
+        cache: &Cache,
+        id: &str,
+        asked: Instant,
+    ) -> Result<Option<Found>, StoreError> {
         let ticket = cache.ticket();
         let key = self.key(id);
         let mut pipe = redis::pipe();
