@@ -303,7 +303,7 @@ struct Me {
 /// between 29/30 of the idle timeout and all of it after its last use.
 ///
 /// A renewal costs the store a write and every worker holding the session a read (the write
-/// invalidates their copies), so two things keep renewals apart:
+/// invalidates their copies), so three things keep renewals apart:
 /// - each renewal picks the moment of the next one at random between half and all of the
 ///   interval (`renew_at`, in milliseconds, in the session, so every worker agrees): sessions
 ///   that signed in together, as a burst of logins or a load test does, renew at different
@@ -313,24 +313,29 @@ struct Me {
 ///   do not write it again;
 /// - the requests of one session that a server thread serves while that session's renewal is
 ///   being written still read the state before it; the first renews, the others leave it to
-///   that one (for [`RENEWAL_CLAIM`], after which a renewal that did not land is tried again).
+///   that one for one turn, after which a renewal that did not land is tried again.
 pub(super) fn keep_alive(session: &Session, state: &DemoState) {
     let every =
         (state.session.idle_timeout.as_millis() as u64 / u64::from(RENEW_GRANULARITY)).max(1_000);
     let now = unix_now_ms();
-    let renew_at = session.get::<u64>("renew_at").ok().flatten();
+    // Sessions written before `renew_at` existed carry the second of their last renewal
+    // (`renewed_at`): due one interval after it, and renewed in turns like the others.
+    let renew_at = session.get::<u64>("renew_at").ok().flatten().or_else(|| {
+        let renewed = session.get::<u64>("renewed_at").ok().flatten()?;
+        Some(renewed.saturating_mul(1_000).saturating_add(every))
+    });
     let turn = (state.worker.slot as u64 % TURNS) * turn_step(every);
     if !renewal_due(now, renew_at.map(|at| at + turn), every) {
         return;
     }
     if let (Some(at), Ok(Some(user))) = (renew_at, session.get::<String>("user")) {
         let login_at = session.get::<u64>("login_at").ok().flatten().unwrap_or(0);
-        if !RENEWALS.with(|claims| claims.borrow_mut().claim((user, login_at, at))) {
+        let hold = Duration::from_millis(turn_step(every));
+        if !RENEWALS.with(|claims| claims.borrow_mut().claim((user, login_at, at), hold)) {
             return;
         }
     }
     let next = next_renewal(now, every, &mut rand::rng());
-    // Sessions written before `renew_at` existed carry the second of their last renewal.
     session.remove("renewed_at");
     let _ = session.insert("renew_at", next);
 }
@@ -339,14 +344,12 @@ pub(super) fn keep_alive(session: &Session, state: &DemoState) {
 /// different moments.
 const TURNS: u64 = 4;
 
-/// How far apart the turns are: long enough for a renewal's write to reach the other workers'
+/// How far apart the turns are, and how long a server thread leaves a session's renewal to the
+/// request that started it: long enough for a renewal's write to reach the other workers'
 /// caches, short against the renewal interval `every` (milliseconds).
 fn turn_step(every: u64) -> u64 {
-    (every / 8).min(500)
+    (every / 16).min(500)
 }
-
-/// How long a server thread leaves a session's renewal to the request that started it.
-const RENEWAL_CLAIM: Duration = Duration::from_secs(2);
 
 /// Claims kept at most by one server thread (more are forgotten, which costs duplicate writes).
 const RENEWAL_CLAIMS_KEPT: usize = 4096;
@@ -357,23 +360,19 @@ thread_local! {
 
 /// Renewals a server thread started recently, by the session they renew: its user, login time
 /// and the `renew_at` the renewal replaces (random to the millisecond, so two sessions share it
-/// by chance only, and then one renews a moment later).
+/// by chance only, and then one renews a turn later).
 #[derive(Default)]
 struct Claims(HashMap<(String, u64, u64), Instant>);
 
 impl Claims {
-    /// Whether this request renews the session (no other did in the last [`RENEWAL_CLAIM`]).
-    fn claim(&mut self, session: (String, u64, u64)) -> bool {
+    /// Whether this request renews the session (no other did in the last `hold`).
+    fn claim(&mut self, session: (String, u64, u64), hold: Duration) -> bool {
         let now = Instant::now();
-        if self
-            .0
-            .get(&session)
-            .is_some_and(|at| now < *at + RENEWAL_CLAIM)
-        {
+        if self.0.get(&session).is_some_and(|at| now < *at + hold) {
             return false;
         }
         if self.0.len() >= RENEWAL_CLAIMS_KEPT {
-            self.0.retain(|_, at| now < *at + RENEWAL_CLAIM);
+            self.0.retain(|_, at| now < *at + hold);
             if self.0.len() >= RENEWAL_CLAIMS_KEPT {
                 self.0.clear();
             }
@@ -392,9 +391,10 @@ fn renewal_due(now: u64, renew_at: Option<u64>, every: u64) -> bool {
 }
 
 /// When the session renewed at `now` renews next: from `every` / 2 on, and early enough that
-/// the last turn still comes within `every`.
+/// the last turn, and a claim held by a request of another session that drew the same moment,
+/// still come within `every`.
 fn next_renewal(now: u64, every: u64, rng: &mut impl rand::Rng) -> u64 {
-    let last = every - (TURNS - 1) * turn_step(every);
+    let last = every - TURNS * turn_step(every);
     now + rng.random_range(every.div_ceil(2)..=last)
 }
 
@@ -416,7 +416,8 @@ pub(super) async fn logout(
 
 #[cfg(test)]
 mod tests {
-    use super::{Claims, RENEWAL_CLAIM, next_renewal, renewal_due};
+    use super::{Claims, next_renewal, renewal_due};
+    use std::time::Duration;
 
     #[test]
     fn a_session_renews_when_its_moment_comes_or_it_has_none() {
@@ -433,38 +434,40 @@ mod tests {
     fn sessions_renewed_together_next_renew_spread_over_the_second_half_of_the_interval() {
         let mut rng = rand::rng();
         let next: Vec<u64> = (0..1_000)
-            .map(|_| next_renewal(1_000, 80, &mut rng))
+            .map(|_| next_renewal(1_000, 160, &mut rng))
             .collect();
-        // Every 80 ms: turns 10 ms apart, so the last of the 4 turns comes by 1,080.
+        // Every 160 ms: turns 10 ms apart; the last of the 4 turns and a claim of another
+        // session fit before 1,160.
         assert!(
-            next.iter().all(|at| (1_040..=1_050).contains(at)),
+            next.iter().all(|at| (1_080..=1_120).contains(at)),
             "{next:?}"
         );
         let distinct: std::collections::BTreeSet<_> = next.iter().collect();
-        // 11 possible moments; 1,000 draws leave none out but by a broken generator.
-        assert_eq!(distinct.len(), 11, "{distinct:?}");
-        // A minute: turns half a second apart, the last by the minute's end.
+        // 41 possible moments; 1,000 draws leave none out but by a broken generator.
+        assert_eq!(distinct.len(), 41, "{distinct:?}");
+        // A minute: turns half a second apart.
         let next: Vec<u64> = (0..1_000)
             .map(|_| next_renewal(0, 60_000, &mut rng))
             .collect();
         assert!(
-            next.iter().all(|at| (30_000..=58_500).contains(at)),
+            next.iter().all(|at| (30_000..=58_000).contains(at)),
             "{next:?}"
         );
-        assert!(next.iter().any(|at| *at < 35_000) && next.iter().any(|at| *at > 53_500));
+        assert!(next.iter().any(|at| *at < 35_000) && next.iter().any(|at| *at > 53_000));
     }
 
     #[test]
     fn one_request_per_session_renews_until_its_claim_lapses() {
         let mut claims = Claims::default();
+        let hold = Duration::from_millis(500);
         let session = |at: u64| ("alice".to_string(), 1_000, at);
-        assert!(claims.claim(session(5_000)));
-        assert!(!claims.claim(session(5_000)));
+        assert!(claims.claim(session(5_000), hold));
+        assert!(!claims.claim(session(5_000), hold));
         // Another session (another renew_at) is not held up.
-        assert!(claims.claim(session(5_001)));
-        // A claim older than RENEWAL_CLAIM no longer holds: that renewal did not land.
+        assert!(claims.claim(session(5_001), hold));
+        // A claim older than its hold no longer holds: that renewal did not land.
         let stale = claims.0.get_mut(&session(5_000)).unwrap();
-        *stale -= RENEWAL_CLAIM;
-        assert!(claims.claim(session(5_000)));
+        *stale -= hold;
+        assert!(claims.claim(session(5_000), hold));
     }
 }

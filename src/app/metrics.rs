@@ -60,7 +60,7 @@ pub fn register() {
             ),
             misses: counter::counter(
                 "clusterd_session_cache_misses_total",
-                "Session reads that went to the store (not cached, changed, expired, or the invalidation channel not confirmed)",
+                "Session reads the cache did not answer (not cached, changed, expired, or the invalidation channel not confirmed); concurrent misses of one session share one store read",
             ),
             invalidations: counter::counter(
                 "clusterd_session_cache_invalidations_total",

@@ -36,7 +36,8 @@ pub const TRUST_FOR: Duration = Duration::from_millis(900);
 pub struct CacheCounters {
     /// Reads answered from the cache.
     pub hits: Counter,
-    /// Reads that went to the store (not cached, expired, or the channel not confirmed).
+    /// Reads the cache did not answer (not cached, expired, or the channel not confirmed);
+    /// concurrent misses of one session share one store read.
     pub misses: Counter,
     /// Entries dropped because the store said they changed (or the channel was lost).
     pub invalidations: Counter,
@@ -108,7 +109,24 @@ impl<V: Clone> Cache<V> {
 
     /// The cached value of `id` and its time left, if it may be served at `now`; `fresh`
     /// checks the entry's stamp against the store's shared version. Counts a hit or a miss.
+    /// (The Redis store counts its own misses, since concurrent misses share a read.)
+    #[cfg(any(feature = "sqlite", test))]
     pub(crate) fn get(
+        &self,
+        id: &str,
+        now: Instant,
+        fresh: impl FnOnce(u64) -> bool,
+    ) -> Option<(V, Option<Duration>)> {
+        let found = self.lookup(id, now, fresh);
+        if found.is_none() {
+            self.missed();
+        }
+        found
+    }
+
+    /// [`Cache::get`] that counts a hit but leaves a miss to the caller ([`Cache::missed`]):
+    /// a read that waits for a concurrent one and is then answered from the cache is a hit.
+    pub(crate) fn lookup(
         &self,
         id: &str,
         now: Instant,
@@ -137,10 +155,14 @@ impl<V: Clone> Cache<V> {
                 if stale {
                     self.invalidate(id);
                 }
-                self.count(|c| &c.misses, 1);
                 None
             }
         }
+    }
+
+    /// Counts a read the cache did not answer.
+    pub(crate) fn missed(&self) {
+        self.count(|c| &c.misses, 1);
     }
 
     /// Taken before a read asks the store.

@@ -155,40 +155,47 @@ impl RedisStore {
             return state.map(|s| Found::read(&s, None)).transpose();
         };
         let asked = Instant::now();
-        if let Some((state, left)) = cache.get(id, asked, |_| true) {
+        if let Some((state, left)) = cache.lookup(id, asked, |_| true) {
             return Ok(Some(Found {
                 state,
                 left,
                 cached: true,
             }));
         }
+        // Counted once the read is not answered from the cache, whichever way it goes.
         let lead = match self.inner.flights.join(id) {
-            Turn::Lead(lead) => Some(lead),
+            Turn::Lead(lead) => {
+                cache.missed();
+                Some(lead)
+            }
             // Another request of this session is reading it: take what that read found. A
             // record it found is served from the cache, if no invalidation refused it there.
-            Turn::Follow(read) => match flight::follow(read).await {
-                Some(Outcome::Found) => {
-                    if let Some((state, left)) = cache.get(id, Instant::now(), |_| true) {
-                        return Ok(Some(Found {
-                            state,
-                            left,
-                            cached: true,
-                        }));
+            Turn::Follow(read) => {
+                let outcome = flight::follow(read).await;
+                if outcome == Some(Outcome::Found)
+                    && let Some((state, left)) = cache.lookup(id, Instant::now(), |_| true)
+                {
+                    return Ok(Some(Found {
+                        state,
+                        left,
+                        cached: true,
+                    }));
+                }
+                cache.missed();
+                match outcome {
+                    Some(Outcome::Missing) => return Ok(None),
+                    Some(Outcome::Corrupt) => {
+                        return Err(StoreError::Corrupt("read by a concurrent request".into()));
                     }
-                    None
+                    Some(Outcome::Failed) => {
+                        return Err(StoreError::Unavailable(
+                            "a concurrent read of this session failed".into(),
+                        ));
+                    }
+                    // Refused by the cache, or that request went away: read for this one.
+                    Some(Outcome::Found) | None => None,
                 }
-                Some(Outcome::Missing) => return Ok(None),
-                Some(Outcome::Corrupt) => {
-                    return Err(StoreError::Corrupt("read by a concurrent request".into()));
-                }
-                Some(Outcome::Failed) => {
-                    return Err(StoreError::Unavailable(
-                        "a concurrent read of this session failed".into(),
-                    ));
-                }
-                // That request went away: read for this one.
-                None => None,
-            },
+            }
         };
         let read = self.read(cache, id, asked).await;
         if let Some(lead) = lead {
