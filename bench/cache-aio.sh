@@ -7,9 +7,10 @@
 source "$(dirname "$0")/lib.sh"
 need redis-server redis-cli
 PEER="$ROOT/bench/peers/cache-aio"
-# Its own lock file and target dir (CARGO_TARGET_DIR=target shares the main build's).
+# Its own lock file, and its own target dir unless CARGO_TARGET_DIR names one (an absolute
+# path to the main build's target shares the dependencies built there).
 (cd "$PEER" && cargo build --release --quiet)
-PEER_BIN="${CARGO_TARGET_DIR:-$PEER/target}/release/cache-aio-peer"
+PEER_BIN="$(cd "$PEER" && realpath -m "${CARGO_TARGET_DIR:-target}")/release/cache-aio-peer"
 start_redis
 echo "machine: $(machine)"
 "$PEER_BIN" "redis://127.0.0.1:$R" cost

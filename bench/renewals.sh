@@ -20,6 +20,7 @@ for _ in $(seq "$CONNECTIONS"); do
         -d '{"username":"alice","password":"wonderland"}' "http://127.0.0.1:$P/login" \
         | awk 'tolower($1)=="set-cookie:"{split($2,a,";"); print a[1]}' >>"$WORK/cookies"
 done
+[ "$(wc -l <"$WORK/cookies")" -eq "$CONNECTIONS" ] || { echo "login failed" >&2; exit 1; }
 calls() { redis-cli -p "$R" INFO commandstats | awk -F'calls=' 'NF>1{split($2,a,","); s+=a[1]} END{print s+0}'; }
 echo "machine: $(machine)"
 echo "load: wrk -t$WRK_THREADS -c$CONNECTIONS -d${SECONDS_RUN}s rotating over $CONNECTIONS sessions; $(nproc) workers"
