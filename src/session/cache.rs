@@ -236,6 +236,13 @@ impl<V: Clone> Cache<V> {
         }
     }
 
+    /// Whether a confirmation of the channel holds at `now`: a PING sent less than
+    /// [`TRUST_FOR`] before was answered on the connection the cache is on.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn vouched(&self, now: Instant) -> bool {
+        self.lock().trusted_until.is_some_and(|t| now < t)
+    }
+
     /// Entries held now.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -257,9 +264,12 @@ mod tests {
         let t0 = Instant::now();
         c.put(c.ticket(), "a", &"A".into(), None, 0);
         assert!(c.get("a", t0, |_| true).is_none(), "never vouched");
+        assert!(!c.vouched(t0));
         c.vouch(c.epoch(), t0);
+        assert!(c.vouched(t0 + ms(10)));
         assert_eq!(c.get("a", t0 + ms(10), |_| true).unwrap().0, "A");
         assert!(c.get("a", t0 + TRUST_FOR, |_| true).is_none(), "too late");
+        assert!(!c.vouched(t0 + TRUST_FOR));
         c.clear();
         c.vouch(c.epoch(), t0 + ms(1000));
         assert!(

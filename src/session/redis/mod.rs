@@ -140,8 +140,13 @@ impl RedisStore {
         format!("{}throttle:{{throttle}}:{name}", self.inner.prefix)
     }
 
-    /// PING.
+    /// PING. With the cache, its own confirmation answers for it while it holds (a PING
+    /// answered on this connection, sent less than [`crate::session::TRUST_FOR`] ago): a
+    /// health probe then costs Redis nothing beyond the cache's PINGs.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.cache().is_some_and(|c| c.vouched(Instant::now())) {
+            return Ok(());
+        }
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
