@@ -14,13 +14,7 @@ start_redis
 P=$(free_port)
 start clusterd "$BIN" --bind "127.0.0.1:$P" --redis-url "redis://127.0.0.1:$R" --data-dir "$WORK/data"
 wait_http "http://127.0.0.1:$P/healthz"
-: >"$WORK/cookies"
-for _ in $(seq "$CONNECTIONS"); do
-    curl -s -D - -o /dev/null -H 'content-type: application/json' \
-        -d '{"username":"alice","password":"wonderland"}' "http://127.0.0.1:$P/login" \
-        | awk 'tolower($1)=="set-cookie:"{split($2,a,";"); print a[1]}' >>"$WORK/cookies"
-done
-[ "$(wc -l <"$WORK/cookies")" -eq "$CONNECTIONS" ] || { echo "login failed" >&2; exit 1; }
+for _ in $(seq "$CONNECTIONS"); do login_cookie "$P"; done >"$WORK/cookies"
 calls() { redis-cli -p "$R" INFO commandstats | awk -F'calls=' 'NF>1{split($2,a,","); s+=a[1]} END{print s+0}'; }
 echo "machine: $(machine)"
 echo "load: wrk -t$WRK_THREADS -c$CONNECTIONS -d${SECONDS_RUN}s rotating over $CONNECTIONS sessions; $(nproc) workers"
@@ -34,6 +28,6 @@ while kill -0 "$wrk_pid" 2>/dev/null; do
 done >"$WORK/per-second"
 wait "$wrk_pid"
 echo "commands per second: $(tr '\n' ' ' <"$WORK/per-second")"
-awk 'NR>1{a[NR]=$1} END{m=0; for(i=2;i<=NR-4;i++){s=0; for(j=i;j<i+5;j++) s+=a[j]; if(s>m){m=s; at=i}} print "busiest 5 s after the first second: " m " commands (seconds " at "-" at+4 ")"}' "$WORK/per-second"
+awk 'NR>1{a[NR]=$1} END{if(NR<6){print "no 5 s window after the first second: run longer"; exit} m=-1; for(i=2;i<=NR-4;i++){s=0; for(j=i;j<i+5;j++) s+=a[j]; if(s>m){m=s; at=i}} print "busiest 5 s after the first second: " m " commands (seconds " at "-" at+4 ")"}' "$WORK/per-second"
 redis-cli -p "$R" INFO commandstats | awk -F'[:,=]' '/calls=/{printf "%s %s  ", $1, $3} END{print ""}' | sed 's/cmdstat_//g'
 grep -E "Requests/sec|Non-2xx" "$WORK/wrk.out"

@@ -32,13 +32,7 @@ for p in $PORTS; do wait_http "http://127.0.0.1:$p/healthz"; done
 
 login() { # port -> cookies file
     local f="$WORK/cookies.$1"
-    : >"$f"
-    for _ in $(seq "$CONNECTIONS"); do
-        curl -s -D - -o /dev/null -H 'content-type: application/json' \
-            -d '{"username":"alice","password":"wonderland"}' "http://127.0.0.1:$1/login" \
-            | awk 'tolower($1)=="set-cookie:"{split($2,a,";"); print a[1]}' >>"$f"
-    done
-    [ "$(wc -l <"$f")" -eq "$CONNECTIONS" ] || { echo "login failed on port $1" >&2; exit 1; }
+    for _ in $(seq "$CONNECTIONS"); do login_cookie "$1"; done >"$f"
     # Every session answers 200 before the load starts.
     while read -r c; do
         [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $c" "http://127.0.0.1:$1/me")" = 200 ] \
