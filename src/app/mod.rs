@@ -285,9 +285,7 @@ where
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    unix_now_ms() / 1_000
 }
 
 fn unix_now_ms() -> u64 {

@@ -159,13 +159,16 @@ impl RedisStore {
             let state: Option<String> = self.query(redis::cmd("GET").arg(self.key(id))).await?;
             return state.map(|s| Found::read(&s, None)).transpose();
         };
-        let asked = Instant::now();
-        if let Some((state, left)) = cache.lookup(id, asked, |_| true) {
-            return Ok(Some(Found {
+        let from_cache = |now| {
+            cache.lookup(id, now, |_| true).map(|(state, left)| Found {
                 state,
                 left,
                 cached: true,
-            }));
+            })
+        };
+        let asked = Instant::now();
+        if let Some(found) = from_cache(asked) {
+            return Ok(Some(found));
         }
         // Counted once the read is not answered from the cache, whichever way it goes.
         let lead = match self.inner.flights.join(id) {
@@ -178,13 +181,9 @@ impl RedisStore {
             Turn::Follow(read) => {
                 let outcome = flight::follow(read).await;
                 if outcome == Some(Outcome::Found)
-                    && let Some((state, left)) = cache.lookup(id, Instant::now(), |_| true)
+                    && let Some(found) = from_cache(Instant::now())
                 {
-                    return Ok(Some(Found {
-                        state,
-                        left,
-                        cached: true,
-                    }));
+                    return Ok(Some(found));
                 }
                 cache.missed();
                 match outcome {
